@@ -1,0 +1,20 @@
+//! Idefics2 (SigLIP vision encoder, perceiver resampler, Mistral decoder) on burn: one engine for
+//! the CPU (burn's Flex device) and any GPU through wgpu.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod pixels;
+pub mod sampling;
+pub mod weights;
+
+pub use config::{GenerationConfig, Idefics2Config};
+pub use device::{DeviceChoice, init_device};
+pub use error::{Error, Result};
+pub use generate::{FinishReason, GenerationOptions, GenerationOutput, TokenEvent};
+pub use model::{Idefics2, ModelInput};
+pub use pixels::PixelBatch;
+pub use sampling::{Sampling, SamplingOptions};

@@ -1,0 +1,137 @@
+//! Small building blocks shared by the three parts of the model: linear layers, LayerNorm,
+//! RMSNorm (both reduced in f32 whatever the runtime float type), SwiGLU MLPs and activations.
+
+use burn::tensor::activation::{gelu, gelu_approximate, silu};
+use burn::tensor::{DType, Tensor};
+
+use crate::config::Activation;
+use crate::weights::TensorLoader;
+
+/// `nn.Linear`: weight `[out, in]` as on the hub, optional bias `[out]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    pub fn load(loader: &mut TensorLoader, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Self {
+        let weight = loader.float(&format!("{prefix}.weight"), [out_features, in_features]);
+        let bias = bias.then(|| loader.float(&format!("{prefix}.bias"), [out_features]));
+        Self { weight, bias }
+    }
+
+    /// # Shapes
+    /// `[batch, seq, in]` -> `[batch, seq, out]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, in_features] = x.dims();
+        let out_features = self.weight.dims()[0];
+        let y = x
+            .reshape([batch * seq, in_features])
+            .matmul(self.weight.clone().transpose()); // [batch*seq, out]
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([batch, seq, out_features])
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(loader: &mut TensorLoader, prefix: &str, size: usize, eps: f64) -> Self {
+        Self {
+            weight: loader.float(&format!("{prefix}.weight"), [size]),
+            bias: loader.float(&format!("{prefix}.bias"), [size]),
+            eps,
+        }
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` -> same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let mean = x.clone().mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(2);
+        let normed = centered / (var + self.eps).sqrt();
+        let normed = normed.cast(dtype);
+        normed * self.weight.clone().unsqueeze::<3>() + self.bias.clone().unsqueeze::<3>()
+    }
+}
+
+/// `Idefics2RMSNorm` / `MistralRMSNorm`: normalises in f32, casts back, then scales.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor<1>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(loader: &mut TensorLoader, prefix: &str, size: usize, eps: f64) -> Self {
+        Self {
+            weight: loader.float(&format!("{prefix}.weight"), [size]),
+            eps,
+        }
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` -> same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let variance = x.clone().square().mean_dim(2);
+        let normed = (x * (variance + self.eps).sqrt().recip()).cast(dtype);
+        normed * self.weight.clone().unsqueeze::<3>()
+    }
+}
+
+pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::Silu => silu(x),
+        Activation::Gelu => gelu(x),
+        Activation::GeluPytorchTanh | Activation::GeluNew => gelu_approximate(x),
+    }
+}
+
+/// SwiGLU MLP without biases (`Idefics2MLP`, `MistralMLP`): `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    pub act: Activation,
+}
+
+impl GatedMlp {
+    pub fn load(
+        loader: &mut TensorLoader,
+        prefix: &str,
+        hidden_size: usize,
+        intermediate_size: usize,
+        output_size: usize,
+        act: Activation,
+    ) -> Self {
+        Self {
+            gate_proj: Linear::load(loader, &format!("{prefix}.gate_proj"), hidden_size, intermediate_size, false),
+            up_proj: Linear::load(loader, &format!("{prefix}.up_proj"), hidden_size, intermediate_size, false),
+            down_proj: Linear::load(loader, &format!("{prefix}.down_proj"), intermediate_size, output_size, false),
+            act,
+        }
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` -> `[batch, seq, output]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = activate(self.act, self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

@@ -1,0 +1,331 @@
+//! Idefics2 (`Idefics2ForConditionalGeneration`): SigLIP vision encoder, connector (modality
+//! projection + perceiver resampler) and Mistral decoder, with the merge of image features into
+//! the text embeddings. Field paths spell the hub's weight names.
+//! <https://huggingface.co/HuggingFaceM4/idefics2-8b>
+
+pub mod attention;
+pub mod connector;
+pub mod layers;
+pub mod perceiver;
+pub mod rope;
+pub mod text;
+pub mod vision;
+pub mod vision_input;
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::config::Idefics2Config;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::pixels::PixelBatch;
+use crate::weights::{TensorLoader, WeightFiles};
+use attention::key_padding_mask;
+use connector::Connector;
+use layers::Linear;
+use text::{TextModel, decoder_mask};
+use vision::VisionModel;
+use vision_input::VisionInput;
+
+/// The `model.*` part of the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Idefics2Inner {
+    pub vision_model: VisionModel,
+    pub connector: Connector,
+    pub text_model: TextModel,
+}
+
+#[derive(Debug, Clone)]
+pub struct Idefics2 {
+    pub config: Idefics2Config,
+    pub model: Idefics2Inner,
+    pub lm_head: Linear,
+    device: Device,
+    dtype: DType,
+}
+
+/// Token ids and padding for a left-padded batch, plus its images.
+///
+/// # Shapes
+/// `input_ids`, `attention_mask`: `[batch, seq]`
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u8>,
+    pub batch: usize,
+    pub seq: usize,
+    pub pixels: Option<PixelBatch>,
+}
+
+impl ModelInput {
+    /// One unpadded prompt.
+    pub fn single(input_ids: Vec<u32>, pixels: Option<PixelBatch>) -> Self {
+        let seq = input_ids.len();
+        Self {
+            attention_mask: vec![1; seq],
+            input_ids,
+            batch: 1,
+            seq,
+            pixels,
+        }
+    }
+
+    /// RoPE positions of the prompt as `generate` computes them: `cumsum(mask) - 1`, and 1 on
+    /// padding.
+    pub fn positions(&self) -> Vec<i64> {
+        let mut positions = Vec::with_capacity(self.batch * self.seq);
+        for row in self.attention_mask.chunks(self.seq.max(1)) {
+            let mut count = 0i64;
+            for &m in row {
+                count += m as i64;
+                positions.push(if m == 0 { 1 } else { count - 1 });
+            }
+        }
+        positions
+    }
+
+    fn validate(&self) -> Result<()> {
+        let expected = vec![self.batch, self.seq];
+        if self.input_ids.len() != self.batch * self.seq || self.attention_mask.len() != self.batch * self.seq {
+            return Err(Error::InputShape {
+                what: "input_ids / attention_mask".into(),
+                expected,
+                got: vec![self.input_ids.len(), self.attention_mask.len()],
+            });
+        }
+        if self.seq == 0 {
+            return Err(Error::InputShape {
+                what: "input_ids (empty prompt)".into(),
+                expected,
+                got: vec![0],
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Idefics2 {
+    /// Loads `config.json` and the weights of a hub model directory.
+    pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config_path = model_dir.join("config.json");
+        let config = Idefics2Config::from_file(&config_path)?;
+        config.validate(&config_path)?;
+        let files = WeightFiles::open(model_dir)?;
+        Self::from_files(config, &files, device, dtype)
+    }
+
+    /// Builds the model from mapped weights: a check pass that lists every missing, unexpected
+    /// or misshapen tensor, then the real load.
+    pub fn from_files(config: Idefics2Config, files: &WeightFiles, device: &Device, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(Error::Device(format!("unsupported float type {dtype:?}: use F32 or F16")));
+        }
+        if !device.supports_dtype(dtype) {
+            return Err(Error::Device(format!("{device:?} does not support {dtype:?}")));
+        }
+        let mut check = TensorLoader::new(files, device, dtype, true);
+        Self::build(&config, &mut check, device, dtype);
+        check.finish()?;
+        let mut loader = TensorLoader::new(files, device, dtype, false);
+        let model = Self::build(&config, &mut loader, device, dtype);
+        loader.finish()?;
+        Ok(model)
+    }
+
+    fn build(config: &Idefics2Config, loader: &mut TensorLoader, device: &Device, dtype: DType) -> Self {
+        let text = &config.text_config;
+        let model = Idefics2Inner {
+            vision_model: VisionModel::load(loader, "model.vision_model", &config.vision_config),
+            connector: Connector::load(loader, "model.connector", config),
+            text_model: TextModel::load(loader, "model.text_model", text),
+        };
+        let lm_head = if config.tie_word_embeddings && !loader.contains("lm_head.weight") {
+            Linear {
+                weight: model.text_model.embed_tokens.clone(),
+                bias: None,
+            }
+        } else {
+            Linear::load(loader, "lm_head", text.hidden_size, text.vocab_size, false)
+        };
+        Self {
+            config: config.clone(),
+            model,
+            lm_head,
+            device: device.clone(),
+            dtype,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Image tokens each image becomes.
+    pub fn image_seq_len(&self) -> usize {
+        self.config.perceiver_config.resampler_n_latents
+    }
+
+    /// Host-side vision input (padding images dropped); `None` without real images.
+    pub fn vision_input(&self, pixels: &PixelBatch) -> Result<Option<VisionInput>> {
+        let v = &self.config.vision_config;
+        if pixels.shape[2] != v.num_channels {
+            return Err(Error::InputShape {
+                what: "pixel_values channels".into(),
+                expected: vec![v.num_channels],
+                got: vec![pixels.shape[2]],
+            });
+        }
+        vision_input::prepare(pixels, v.patch_size, v.image_size / v.patch_size)
+    }
+
+    /// The vision encoder's last hidden state.
+    ///
+    /// # Shapes
+    /// returns `[images, patches, vision_hidden]`
+    pub fn vision_hidden(&self, input: &VisionInput) -> Tensor<3> {
+        let (n, p) = (input.images, input.num_patches());
+        let patches = self.float_tensor(input.patches.clone(), [n, p, input.patch_dim]);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input.position_ids.clone(), [n, p]), &self.device);
+        let mask = input
+            .has_padding()
+            .then(|| self.mask_tensor(key_padding_mask(&input.patch_mask, n, p, p), [n, p, p]));
+        self.model.vision_model.forward(patches, ids, mask)
+    }
+
+    /// The connector's output for the encoder's output.
+    ///
+    /// # Shapes
+    /// `vision_hidden`: `[images, patches, vision_hidden]` -> `[images, n_latents, text_hidden]`
+    pub fn connector_out(&self, input: &VisionInput, vision_hidden: Tensor<3>) -> Tensor<3> {
+        let (n, p, l) = (input.images, input.num_patches(), self.image_seq_len());
+        let mask = input.has_padding().then(|| {
+            let valid: Vec<bool> = input
+                .patch_mask
+                .chunks(p)
+                .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(true, l)))
+                .collect();
+            self.mask_tensor(key_padding_mask(&valid, n, l, p + l), [n, l, p + l])
+        });
+        self.model.connector.forward(vision_hidden, mask)
+    }
+
+    /// Image features for all real images of a batch, in row-major (batch, image) order.
+    ///
+    /// # Shapes
+    /// returns `[images, n_latents, text_hidden]`
+    pub fn image_features(&self, pixels: &PixelBatch) -> Result<Option<Tensor<3>>> {
+        Ok(self.vision_input(pixels)?.map(|input| {
+            let hidden = self.vision_hidden(&input);
+            self.connector_out(&input, hidden)
+        }))
+    }
+
+    /// Token embeddings with the `<image>` positions replaced by image features in order.
+    ///
+    /// # Shapes
+    /// `features`: `[images, n_latents, hidden]` -> `[batch, seq, hidden]`
+    pub fn inputs_embeds(&self, input: &ModelInput, features: Option<Tensor<3>>) -> Result<Tensor<3>> {
+        input.validate()?;
+        let (batch, seq) = (input.batch, input.seq);
+        let vocab = self.config.text_config.vocab_size;
+        if let Some(&bad) = input.input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InputShape {
+                what: format!("token id {bad} is outside the vocabulary"),
+                expected: vec![vocab],
+                got: vec![bad as usize],
+            });
+        }
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(input.input_ids.iter().map(|&id| id as i64).collect::<Vec<_>>(), [batch, seq]),
+            &self.device,
+        );
+        let text = self.model.text_model.embed(ids);
+        let image_token = self.config.image_token_id;
+        let tokens = input.input_ids.iter().filter(|&&id| id == image_token).count();
+        let (images, per_image) = features.as_ref().map_or((0, self.image_seq_len()), |f| {
+            let [n, l, _] = f.dims();
+            (n, l)
+        });
+        if tokens != images * per_image {
+            return Err(Error::ImageTokenCount {
+                tokens,
+                features: images * per_image,
+                images,
+                per_image,
+            });
+        }
+        let Some(features) = features else {
+            return Ok(text);
+        };
+        let hidden = self.config.text_config.hidden_size;
+        // One gather over [text rows ; feature rows]: image positions read the next feature row.
+        let mut next_feature = batch * seq;
+        let index: Vec<i64> = input
+            .input_ids
+            .iter()
+            .enumerate()
+            .map(|(p, &id)| {
+                if id == image_token {
+                    next_feature += 1;
+                    (next_feature - 1) as i64
+                } else {
+                    p as i64
+                }
+            })
+            .collect();
+        let rows = Tensor::cat(
+            vec![text.reshape([batch * seq, hidden]), features.reshape([tokens, hidden])],
+            0,
+        ); // [batch*seq + tokens, hidden]
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &self.device);
+        Ok(rows.select(0, index).reshape([batch, seq, hidden]))
+    }
+
+    /// A fresh KV cache for `batch` rows of at most `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let limit = self.config.text_config.max_position_embeddings;
+        if capacity > limit {
+            return Err(Error::TooManyTokens {
+                tokens: capacity,
+                limit,
+                what: "max_position_embeddings".into(),
+            });
+        }
+        Ok(KvCache::new(&self.config.text_config, batch, capacity, &self.device, self.dtype))
+    }
+
+    /// Runs the decoder over new positions.
+    ///
+    /// # Shapes
+    /// - `embeds`: `[batch, seq, hidden]`; `attention_mask`: `[batch, cache.len() + seq]`;
+    ///   `positions`: `[batch * seq]`
+    /// - returns `[batch, seq, hidden]`
+    pub fn decode(&self, embeds: Tensor<3>, attention_mask: &[u8], positions: &[i64], cache: &mut KvCache) -> Result<Tensor<3>> {
+        let [batch, seq, _] = embeds.dims();
+        cache.reserve(seq)?;
+        let past = cache.len();
+        let mask = decoder_mask(attention_mask, batch, past, seq, self.config.text_config.sliding_window);
+        let mask = self.mask_tensor(mask, [batch, seq, past + seq]);
+        Ok(self.model.text_model.forward(embeds, positions, mask, cache))
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(hidden)
+    }
+
+    fn float_tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::<D>::from_data(TensorData::new(values, shape), &self.device).cast(self.dtype)
+    }
+
+    /// Masks stay f32: attention adds them to f32 scores.
+    fn mask_tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::<D>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
+    }
+}

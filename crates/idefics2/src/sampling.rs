@@ -1,0 +1,226 @@
+//! Choosing the next token from one row of logits on the host, following transformers'
+//! logits processors: bad words banned, repetition penalty, then greedy argmax or sampling with
+//! temperature, top-k and top-p from a seeded generator.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    Greedy,
+    Sample {
+        temperature: f32,
+        /// 0 disables top-k.
+        top_k: usize,
+        /// 1.0 disables top-p.
+        top_p: f32,
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingOptions {
+    pub sampling: Sampling,
+    /// 1.0 disables the penalty.
+    pub repetition_penalty: f32,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            sampling: Sampling::Greedy,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+impl SamplingOptions {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::GenerationOption(m));
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        if let Sampling::Sample { temperature, top_p, .. } = self.sampling {
+            if !(temperature > 0.0 && temperature.is_finite()) {
+                return bad(format!("temperature must be > 0, got {temperature}"));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return bad(format!("top-p must be in (0, 1], got {top_p}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A small seeded generator (SplitMix64): reproducible across platforms, no dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Sets banned tokens to -inf: single-token entries always, longer ones when the tokens so far
+/// end with their prefix (`NoBadWordsLogitsProcessor`).
+pub fn ban_bad_words(logits: &mut [f32], bad_words: &[Vec<u32>], context: &[u32]) {
+    for words in bad_words {
+        let Some((&last, prefix)) = words.split_last() else {
+            continue;
+        };
+        if context.ends_with(prefix) {
+            if let Some(logit) = logits.get_mut(last as usize) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Natural-log probability of `token` under softmax(`logits`).
+pub fn log_prob(logits: &[f32], token: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    ((logits[token] - max) as f64 - sum.ln()) as f32
+}
+
+/// `RepetitionPenaltyLogitsProcessor`: every token seen so far is made less likely.
+pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &t in context {
+        if let Some(s) = seen.get_mut(t as usize) {
+            *s = true;
+        }
+    }
+    for (logit, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
+        *logit = if *logit < 0.0 { *logit * penalty } else { *logit / penalty };
+    }
+}
+
+/// The first index of the largest value (torch.argmax's tie rule).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Picks a token from processed logits.
+pub fn choose(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> usize {
+    match *sampling {
+        Sampling::Greedy => argmax(logits),
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } => {
+            let mut candidates: Vec<(usize, f32)> = logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i, l / temperature))
+                .collect();
+            if candidates.is_empty() {
+                return argmax(logits);
+            }
+            candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if top_k > 0 {
+                candidates.truncate(top_k);
+            }
+            let max = candidates[0].1;
+            let mut probs: Vec<f64> = candidates.iter().map(|(_, l)| ((l - max) as f64).exp()).collect();
+            let total: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= total);
+            // top-p: the smallest prefix whose mass reaches top_p (at least one token).
+            let mut keep = probs.len();
+            let mut mass = 0.0;
+            for (i, p) in probs.iter().enumerate() {
+                mass += p;
+                if mass >= top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            let kept_mass: f64 = probs[..keep].iter().sum();
+            let mut target = rng.next_f64() * kept_mass;
+            for (i, p) in probs[..keep].iter().enumerate() {
+                if target < *p {
+                    return candidates[i].0;
+                }
+                target -= p;
+            }
+            candidates[keep - 1].0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_words_and_penalty_follow_transformers() {
+        let mut logits = vec![1.0, 2.0, -1.0, 0.5];
+        ban_bad_words(&mut logits, &[vec![1], vec![0, 3], vec![2, 0]], &[5, 0]);
+        assert_eq!(logits[1], f32::NEG_INFINITY);
+        assert_eq!(logits[3], f32::NEG_INFINITY); // prefix [0] matched
+        assert_eq!(logits[0], 1.0); // prefix [2] not matched
+        let mut logits = vec![1.0, -1.0, 2.0];
+        apply_repetition_penalty(&mut logits, &[0, 1, 1], 2.0);
+        assert_eq!(logits, vec![0.5, -2.0, 2.0]);
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum_and_logprob_normalises() {
+        assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
+        let lp = log_prob(&[0.0, 0.0], 0);
+        assert!((lp - (0.5f32).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_k() {
+        let logits = vec![0.0, 5.0, 4.9, -3.0];
+        let sampling = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            seed: 7,
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50).map(|_| choose(&logits, &sampling, &mut rng)).collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert!(a.iter().all(|&t| t == 1 || t == 2));
+        assert!(a.contains(&1) && a.contains(&2));
+        // top-p small enough keeps only the most likely token.
+        let narrow = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.1,
+            seed: 1,
+        };
+        let mut rng = Rng::new(1);
+        assert!((0..20).all(|_| choose(&logits, &narrow, &mut rng) == 1));
+    }
+}

@@ -1,0 +1,161 @@
+//! Stage-by-stage parity with transformers 4.54.1 on the tiny fixture checkpoints
+//! (`tests/fixtures/make_fixtures.py`): vision encoder, connector, merged embeddings, final hidden
+//! states, logits and greedy generation, on the CPU device and on wgpu (f32, and f16 where the
+//! adapter has it).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use burn::tensor::{DType, Device};
+use common::*;
+use idefics2::{DeviceChoice, GenerationConfig, GenerationOptions, Idefics2, init_device};
+
+/// The per-stage tolerance the issue sets for f32.
+const F32_TOLERANCE: f64 = 1e-4;
+
+#[derive(Default, Debug)]
+struct StageErrors {
+    vision: f64,
+    connector: f64,
+    embeds: f64,
+    hidden: f64,
+    logits: f64,
+    logprobs: f64,
+    greedy_mismatches: usize,
+}
+
+impl StageErrors {
+    fn merge(&mut self, other: &StageErrors) {
+        self.vision = self.vision.max(other.vision);
+        self.connector = self.connector.max(other.connector);
+        self.embeds = self.embeds.max(other.embeds);
+        self.hidden = self.hidden.max(other.hidden);
+        self.logits = self.logits.max(other.logits);
+        self.logprobs = self.logprobs.max(other.logprobs);
+        self.greedy_mismatches += other.greedy_mismatches;
+    }
+}
+
+fn run_case(model: &Idefics2, generation: &GenerationConfig, checkpoint: &str, case_name: &str) -> StageErrors {
+    let case = reference_case(checkpoint, case_name);
+    let input = model_input(&case);
+    let mut errors = StageErrors::default();
+    let features = input.pixels.as_ref().and_then(|pixels| {
+        let vision = model.vision_input(pixels).unwrap().unwrap();
+        assert_eq!(vision.position_ids, case["vision_position_ids"].as_i64(), "{case_name}: vision position ids");
+        let patch_mask: Vec<f64> = vision.patch_mask.iter().map(|&m| m as u8 as f64).collect();
+        assert_eq!(patch_mask, case["patch_attention_mask"].values, "{case_name}: patch mask");
+        let hidden = model.vision_hidden(&vision);
+        errors.vision = max_abs_diff("vision", &to_f64(hidden.clone()), &case["vision_hidden"].values);
+        let connector = model.connector_out(&vision, hidden);
+        errors.connector = max_abs_diff("connector", &to_f64(connector.clone()), &case["connector_out"].values);
+        Some(connector)
+    });
+    let embeds = model.inputs_embeds(&input, features).unwrap();
+    errors.embeds = max_abs_diff("embeds", &to_f64(embeds.clone()), &case["inputs_embeds"].values);
+    let positions = input.positions();
+    assert_eq!(positions, case["position_ids"].as_i64(), "{case_name}: text position ids");
+    let mut cache = model.new_cache(input.batch, input.seq).unwrap();
+    let hidden = model.decode(embeds, &input.attention_mask, &positions, &mut cache).unwrap();
+    // Padding positions attend to nothing; only real positions are compared.
+    let hidden_size = model.config.text_config.hidden_size;
+    let real = |i: usize| input.attention_mask[i] != 0;
+    let keep = |values: Vec<f64>, width: usize| -> Vec<f64> {
+        values.chunks(width).enumerate().filter(|(i, _)| real(*i)).flat_map(|(_, c)| c.to_vec()).collect()
+    };
+    errors.hidden = max_abs_diff(
+        "hidden",
+        &keep(to_f64(hidden.clone()), hidden_size),
+        &keep(case["last_hidden"].values.clone(), hidden_size),
+    );
+    let logits = to_f64(model.logits(hidden));
+    let vocab = model.config.text_config.vocab_size;
+    let cols = case["logits_col_ids"].as_i64();
+    let sampled: Vec<f64> = logits
+        .chunks(vocab)
+        .flat_map(|row| cols.iter().map(|&c| row[c as usize]).collect::<Vec<_>>())
+        .collect();
+    let last: Vec<f64> = logits
+        .chunks(vocab * input.seq)
+        .flat_map(|row| row[(input.seq - 1) * vocab..].to_vec())
+        .collect();
+    errors.logits = max_abs_diff("logits_cols", &keep(sampled, cols.len()), &keep(case["logits_cols"].values.clone(), cols.len()))
+        .max(max_abs_diff("logits_last", &last, &case["logits_last"].values));
+
+    let expected_ids = case["greedy_ids"].as_i64();
+    let expected_lp = &case["greedy_logprobs"].values;
+    let steps = case["greedy_ids"].shape[1];
+    let options = GenerationOptions::from_generation_config(generation, steps);
+    let mut streamed = 0;
+    let out = model
+        .generate(&input, &options, |_| {
+            streamed += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(streamed, out.tokens.iter().map(Vec::len).sum::<usize>(), "every token is streamed");
+    for row in 0..input.batch {
+        let want: Vec<i64> = expected_ids[row * steps..(row + 1) * steps].iter().copied().filter(|&t| t >= 0).collect();
+        let got: Vec<i64> = out.tokens[row].iter().map(|&t| t as i64).collect();
+        if got != want {
+            eprintln!("{checkpoint}/{case_name} row {row}: greedy ids {got:?}, reference {want:?}");
+            errors.greedy_mismatches += 1;
+            continue;
+        }
+        for (i, lp) in out.logprobs[row].iter().enumerate() {
+            errors.logprobs = errors.logprobs.max((*lp as f64 - expected_lp[row * steps + i]).abs());
+        }
+    }
+    errors
+}
+
+/// Runs every case of both checkpoints; returns the worst error per stage.
+fn parity(device: &Device, dtype: DType, label: &str) -> StageErrors {
+    let mut worst = StageErrors::default();
+    for checkpoint in CHECKPOINTS {
+        let dir = common::checkpoint(checkpoint);
+        let model = Idefics2::load(&dir, device, dtype).unwrap();
+        let generation = GenerationConfig::from_file(&dir.join("generation_config.json")).unwrap();
+        for case in CASES {
+            let errors = run_case(&model, &generation, checkpoint, case);
+            println!("{label} {checkpoint}/{case}: {errors:?}");
+            worst.merge(&errors);
+        }
+    }
+    println!("{label} worst: {worst:?}");
+    worst
+}
+
+fn assert_f32(worst: &StageErrors) {
+    for (stage, err) in [
+        ("vision", worst.vision),
+        ("connector", worst.connector),
+        ("embeds", worst.embeds),
+        ("hidden", worst.hidden),
+        ("logits", worst.logits),
+        ("logprobs", worst.logprobs),
+    ] {
+        assert!(err <= F32_TOLERANCE, "{stage}: max abs error {err:e} > {F32_TOLERANCE:e}");
+    }
+    assert_eq!(worst.greedy_mismatches, 0, "greedy ids differ from the reference");
+}
+
+#[test]
+fn cpu_f32_matches_reference() {
+    let device = init_device(DeviceChoice::Cpu).unwrap();
+    assert_f32(&parity(&device, DType::F32, "cpu-f32"));
+}
+
+#[test]
+fn wgpu_matches_reference() {
+    let device = gpu();
+    assert_f32(&parity(&device, DType::F32, "wgpu-f32"));
+    if device.supports_dtype(DType::F16) {
+        let worst = parity(&device, DType::F16, "wgpu-f16");
+        assert_eq!(worst.greedy_mismatches, 0, "f16 greedy ids differ from the reference");
+    } else {
+        println!("wgpu-f16: adapter has no shader-f16, f16 not run");
+    }
+}
