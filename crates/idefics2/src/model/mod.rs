@@ -115,6 +115,20 @@ impl Idefics2 {
         Self::from_files(config, &files, device, dtype)
     }
 
+    /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
+    /// without loading any weight; returns the stored tensor count and bytes.
+    pub fn check(model_dir: &Path) -> Result<(usize, usize)> {
+        let config_path = model_dir.join("config.json");
+        let config = Idefics2Config::from_file(&config_path)?;
+        config.validate(&config_path)?;
+        let files = WeightFiles::open(model_dir)?;
+        let device = Device::flex();
+        let mut check = TensorLoader::new(&files, &device, DType::F32, true);
+        Self::build(&config, &mut check, &device, DType::F32);
+        check.finish()?;
+        Ok((files.names().count(), files.stored_bytes()))
+    }
+
     /// Builds the model from mapped weights: a check pass that lists every missing, unexpected
     /// or misshapen tensor, then the real load.
     pub fn from_files(config: Idefics2Config, files: &WeightFiles, device: &Device, dtype: DType) -> Result<Self> {
