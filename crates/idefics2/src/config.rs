@@ -156,14 +156,15 @@ impl Idefics2Config {
                 v.image_size, v.patch_size
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return fail(format!(
                 "vision_config: hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
         let p = &self.perceiver_config;
-        if p.num_key_value_heads == 0 || p.resampler_n_heads % p.num_key_value_heads != 0 {
+        if p.num_key_value_heads == 0 || !p.resampler_n_heads.is_multiple_of(p.num_key_value_heads)
+        {
             return fail(format!(
                 "perceiver_config: resampler_n_heads {} is not a multiple of num_key_value_heads {}",
                 p.resampler_n_heads, p.num_key_value_heads
@@ -172,7 +173,9 @@ impl Idefics2Config {
         let t = &self.text_config;
         if t.num_attention_heads == 0
             || t.num_key_value_heads() == 0
-            || t.num_attention_heads % t.num_key_value_heads() != 0
+            || !t
+                .num_attention_heads
+                .is_multiple_of(t.num_key_value_heads())
         {
             return fail(format!(
                 "text_config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -180,8 +183,11 @@ impl Idefics2Config {
                 t.num_key_value_heads()
             ));
         }
-        if t.head_dim() % 2 != 0 {
-            return fail(format!("text_config: head_dim {} must be even for RoPE", t.head_dim()));
+        if !t.head_dim().is_multiple_of(2) {
+            return fail(format!(
+                "text_config: head_dim {} must be even for RoPE",
+                t.head_dim()
+            ));
         }
         if self.image_token_id as usize >= t.vocab_size {
             return fail(format!(
@@ -351,8 +357,7 @@ fn default_perceiver_config() -> PerceiverConfig {
 }
 /// transformers builds this one with overrides when `text_config` is absent.
 fn default_text_config() -> TextConfig {
-    let mut config: TextConfig =
-        serde_json::from_str("{}").expect("all text fields have defaults");
+    let mut config: TextConfig = serde_json::from_str("{}").expect("all text fields have defaults");
     config.max_position_embeddings = 4096 * 8;
     config.rms_norm_eps = 1e-5;
     config

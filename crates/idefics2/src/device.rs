@@ -35,5 +35,9 @@ pub async fn init_device_async(choice: DeviceChoice) -> Result<Device> {
 
 /// f16 where the device supports it, else f32.
 pub fn best_float(device: &Device) -> DType {
-    if device.supports_dtype(DType::F16) { DType::F16 } else { DType::F32 }
+    if device.supports_dtype(DType::F16) {
+        DType::F16
+    } else {
+        DType::F32
+    }
 }

@@ -37,7 +37,9 @@ pub enum Error {
         unexpected: Vec<String>,
         mismatched: Vec<ShapeMismatch>,
     },
-    #[error("{tokens} `<image>` tokens in the prompt but {features} image features ({images} images x {per_image} tokens)")]
+    #[error(
+        "{tokens} `<image>` tokens in the prompt but {features} image features ({images} images x {per_image} tokens)"
+    )]
     ImageTokenCount {
         tokens: usize,
         features: usize,
@@ -62,7 +64,11 @@ pub enum Error {
     Device(String),
 }
 
-fn describe_mismatch(missing: &[String], unexpected: &[String], mismatched: &[ShapeMismatch]) -> String {
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    mismatched: &[ShapeMismatch],
+) -> String {
     let mut out = String::new();
     for name in missing {
         out.push_str(&format!("\n  missing tensor `{name}`"));

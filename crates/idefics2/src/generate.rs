@@ -9,7 +9,9 @@ use web_time::Instant;
 
 use crate::error::{Error, Result};
 use crate::model::{Idefics2, ModelInput};
-use crate::sampling::{Rng, Sampling, SamplingOptions, apply_repetition_penalty, ban_bad_words, choose, log_prob};
+use crate::sampling::{
+    Rng, Sampling, SamplingOptions, apply_repetition_penalty, ban_bad_words, choose, log_prob,
+};
 
 #[derive(Debug, Clone)]
 pub struct GenerationOptions {
@@ -24,7 +26,10 @@ pub struct GenerationOptions {
 
 impl GenerationOptions {
     /// Defaults from the model's `generation_config.json`.
-    pub fn from_generation_config(config: &crate::config::GenerationConfig, max_new_tokens: usize) -> Self {
+    pub fn from_generation_config(
+        config: &crate::config::GenerationConfig,
+        max_new_tokens: usize,
+    ) -> Self {
         Self {
             max_new_tokens,
             sampling: SamplingOptions::default(),
@@ -93,7 +98,8 @@ impl Idefics2 {
             .chunks(seq)
             .map(|row| row.iter().map(|&m| m as i64).sum())
             .collect();
-        let mut contexts: Vec<Vec<u32>> = input.input_ids.chunks(seq).map(<[u32]>::to_vec).collect();
+        let mut contexts: Vec<Vec<u32>> =
+            input.input_ids.chunks(seq).map(<[u32]>::to_vec).collect();
         let mut output = GenerationOutput {
             tokens: vec![Vec::new(); batch],
             logprobs: vec![Vec::new(); batch],
@@ -123,7 +129,11 @@ impl Idefics2 {
                 let mut scores = logits[row * vocab..(row + 1) * vocab].to_vec();
                 ban_bad_words(&mut scores, &options.bad_words_ids, &contexts[row]);
                 let mut processed = scores.clone();
-                apply_repetition_penalty(&mut processed, &contexts[row], options.sampling.repetition_penalty);
+                apply_repetition_penalty(
+                    &mut processed,
+                    &contexts[row],
+                    options.sampling.repetition_penalty,
+                );
                 let token = choose(&processed, &options.sampling.sampling, &mut rng);
                 let event = TokenEvent {
                     row,
@@ -169,7 +179,10 @@ impl Idefics2 {
             let positions: Vec<i64> = next_position.clone();
             next_position.iter_mut().for_each(|p| *p += 1);
             let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [batch, 1]),
+                TensorData::new(
+                    next.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                    [batch, 1],
+                ),
                 self.device(),
             );
             let embeds = self.model.text_model.embed(ids);

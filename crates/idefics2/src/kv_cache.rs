@@ -22,8 +22,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(config: &TextConfig, batch: usize, capacity: usize, device: &Device, dtype: DType) -> Self {
-        let shape = [batch, config.num_key_value_heads(), capacity, config.head_dim()];
+    pub fn new(
+        config: &TextConfig,
+        batch: usize,
+        capacity: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        let shape = [
+            batch,
+            config.num_key_value_heads(),
+            capacity,
+            config.head_dim(),
+        ];
         let layers = (0..config.num_hidden_layers)
             .map(|_| LayerCache {
                 k: Tensor::zeros(shape, (device, dtype)),
@@ -71,7 +82,12 @@ impl KvCache {
     ///
     /// # Shapes
     /// `k`, `v`: `[batch, kv_heads, seq, head_dim]` -> `[batch, kv_heads, len + seq, head_dim]`
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let [batch, kv_heads, seq, head_dim] = k.dims();
         let (start, end) = (self.len, self.len + seq);
         let cache = &mut self.layers[layer];
@@ -79,7 +95,10 @@ impl KvCache {
         cache.k.inplace(|t| t.slice_assign(write.clone(), k));
         cache.v.inplace(|t| t.slice_assign(write, v));
         let read = [0..batch, 0..kv_heads, 0..end, 0..head_dim];
-        (cache.k.clone().slice(read.clone()), cache.v.clone().slice(read))
+        (
+            cache.k.clone().slice(read.clone()),
+            cache.v.clone().slice(read),
+        )
     }
 
     /// Marks `seq` more positions as written (after every layer appended them).

@@ -37,9 +37,15 @@ impl SamplingOptions {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::GenerationOption(m));
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "repetition penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
-        if let Sampling::Sample { temperature, top_p, .. } = self.sampling {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = self.sampling
+        {
             if !(temperature > 0.0 && temperature.is_finite()) {
                 return bad(format!("temperature must be > 0, got {temperature}"));
             }
@@ -81,10 +87,10 @@ pub fn ban_bad_words(logits: &mut [f32], bad_words: &[Vec<u32>], context: &[u32]
         let Some((&last, prefix)) = words.split_last() else {
             continue;
         };
-        if context.ends_with(prefix) {
-            if let Some(logit) = logits.get_mut(last as usize) {
-                *logit = f32::NEG_INFINITY;
-            }
+        if context.ends_with(prefix)
+            && let Some(logit) = logits.get_mut(last as usize)
+        {
+            *logit = f32::NEG_INFINITY;
         }
     }
 }
@@ -108,7 +114,11 @@ pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f3
         }
     }
     for (logit, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
-        *logit = if *logit < 0.0 { *logit * penalty } else { *logit / penalty };
+        *logit = if *logit < 0.0 {
+            *logit * penalty
+        } else {
+            *logit / penalty
+        };
     }
 }
 
@@ -147,7 +157,10 @@ pub fn choose(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> usize {
                 candidates.truncate(top_k);
             }
             let max = candidates[0].1;
-            let mut probs: Vec<f64> = candidates.iter().map(|(_, l)| ((l - max) as f64).exp()).collect();
+            let mut probs: Vec<f64> = candidates
+                .iter()
+                .map(|(_, l)| ((l - max) as f64).exp())
+                .collect();
             let total: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= total);
             // top-p: the smallest prefix whose mass reaches top_p (at least one token).
@@ -207,7 +220,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..50).map(|_| choose(&logits, &sampling, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| choose(&logits, &sampling, &mut rng))
+                .collect::<Vec<_>>()
         };
         let a = draw(7);
         assert_eq!(a, draw(7));

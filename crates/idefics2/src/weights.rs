@@ -41,7 +41,10 @@ impl WeightFiles {
                 source,
             })?;
             let shards: BTreeSet<&String> = index.weight_map.values().collect();
-            shards.into_iter().map(|name| model_dir.join(name)).collect()
+            shards
+                .into_iter()
+                .map(|name| model_dir.join(name))
+                .collect()
         } else {
             vec![model_dir.join("model.safetensors")]
         };
@@ -113,7 +116,10 @@ impl WeightFiles {
         let shape = entry.shape.clone();
         Ok(match dtype {
             DType::F16 => TensorData::new(
-                values.into_iter().map(half::f16::from_f32).collect::<Vec<_>>(),
+                values
+                    .into_iter()
+                    .map(half::f16::from_f32)
+                    .collect::<Vec<_>>(),
                 shape,
             ),
             _ => TensorData::new(values, shape),
@@ -192,7 +198,12 @@ impl<'a> TensorLoader<'a> {
     }
 
     /// The float tensor `name`, stored with shape `stored`, viewed as `shape` (same element count).
-    pub fn float_as<const S: usize, const D: usize>(&mut self, name: &str, stored: [usize; S], shape: [usize; D]) -> Tensor<D> {
+    pub fn float_as<const S: usize, const D: usize>(
+        &mut self,
+        name: &str,
+        stored: [usize; S],
+        shape: [usize; D],
+    ) -> Tensor<D> {
         let placeholder = || Tensor::zeros([1; D], (&self.device, self.dtype));
         self.used.insert(name.to_string());
         let Some(entry) = self.files.entries.get(name) else {

@@ -29,9 +29,15 @@ fn hub_tensors() -> Vec<(String, Vec<usize>)> {
     let mut t: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: &[usize]| t.push((name, shape.to_vec()));
     let v = "model.vision_model";
-    add(format!("{v}.embeddings.patch_embedding.weight"), &[1152, 3, 14, 14]);
+    add(
+        format!("{v}.embeddings.patch_embedding.weight"),
+        &[1152, 3, 14, 14],
+    );
     add(format!("{v}.embeddings.patch_embedding.bias"), &[1152]);
-    add(format!("{v}.embeddings.position_embedding.weight"), &[4900, 1152]);
+    add(
+        format!("{v}.embeddings.position_embedding.weight"),
+        &[4900, 1152],
+    );
     for i in 0..27 {
         let p = format!("{v}.encoder.layers.{i}");
         for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
@@ -50,14 +56,27 @@ fn hub_tensors() -> Vec<(String, Vec<usize>)> {
     add(format!("{v}.post_layernorm.weight"), &[1152]);
     add(format!("{v}.post_layernorm.bias"), &[1152]);
     let c = "model.connector";
-    add(format!("{c}.modality_projection.gate_proj.weight"), &[14336, 1152]);
-    add(format!("{c}.modality_projection.up_proj.weight"), &[14336, 1152]);
-    add(format!("{c}.modality_projection.down_proj.weight"), &[4096, 14336]);
+    add(
+        format!("{c}.modality_projection.gate_proj.weight"),
+        &[14336, 1152],
+    );
+    add(
+        format!("{c}.modality_projection.up_proj.weight"),
+        &[14336, 1152],
+    );
+    add(
+        format!("{c}.modality_projection.down_proj.weight"),
+        &[4096, 14336],
+    );
     let r = format!("{c}.perceiver_resampler");
     add(format!("{r}.latents"), &[64, 4096]);
     for i in 0..3 {
         let p = format!("{r}.layers.{i}");
-        for norm in ["input_latents_norm", "input_context_norm", "post_attention_layernorm"] {
+        for norm in [
+            "input_latents_norm",
+            "input_context_norm",
+            "post_attention_layernorm",
+        ] {
             add(format!("{p}.{norm}.weight"), &[4096]);
         }
         add(format!("{p}.self_attn.q_proj.weight"), &[1536, 4096]);
@@ -134,7 +153,10 @@ fn the_8b_layout_checks_and_a_wrong_one_is_fully_listed() {
     let (count, bytes) = Idefics2::check(&dir).unwrap();
     assert_eq!(count, tensors.len());
     // 8.4e9 parameters in bf16.
-    assert!((16_000_000_000..17_500_000_000).contains(&bytes), "{bytes} bytes");
+    assert!(
+        (16_000_000_000..17_500_000_000).contains(&bytes),
+        "{bytes} bytes"
+    );
 
     // A checkpoint written for another width: every tensor of the text decoder is named.
     let mut wrong = tensors.clone();
@@ -147,11 +169,22 @@ fn the_8b_layout_checks_and_a_wrong_one_is_fully_listed() {
     std::fs::remove_dir_all(&dir).unwrap();
     write_checkpoint(&dir, &wrong);
     match Idefics2::check(&dir).unwrap_err() {
-        Error::Weights { missing, unexpected, mismatched } => {
-            assert_eq!(missing, vec!["model.text_model.layers.31.mlp.down_proj.weight".to_string()]);
+        Error::Weights {
+            missing,
+            unexpected,
+            mismatched,
+        } => {
+            assert_eq!(
+                missing,
+                vec!["model.text_model.layers.31.mlp.down_proj.weight".to_string()]
+            );
             assert!(unexpected.is_empty());
             assert_eq!(mismatched.len(), 32);
-            assert!(mismatched.iter().all(|m| m.expected == vec![4096] && m.found == vec![5120]));
+            assert!(
+                mismatched
+                    .iter()
+                    .all(|m| m.expected == vec![4096] && m.found == vec![5120])
+            );
         }
         other => panic!("unexpected error {other}"),
     }

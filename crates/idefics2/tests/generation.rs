@@ -9,8 +9,8 @@ use std::ops::ControlFlow;
 use burn::tensor::DType;
 use common::*;
 use idefics2::{
-    DeviceChoice, Error, FinishReason, GenerationConfig, GenerationOptions, Idefics2, ModelInput, PixelBatch, Sampling,
-    SamplingOptions, init_device,
+    DeviceChoice, Error, FinishReason, GenerationConfig, GenerationOptions, Idefics2, ModelInput,
+    PixelBatch, Sampling, SamplingOptions, init_device,
 };
 
 fn tiny_model() -> (Idefics2, GenerationConfig) {
@@ -36,7 +36,9 @@ fn single_row(input: &ModelInput, row: usize) -> ModelInput {
         let (per_image, per_mask) = (c * h * w, h * w);
         PixelBatch {
             pixel_values: p.pixel_values[row * n * per_image..(row + 1) * n * per_image].to_vec(),
-            pixel_attention_mask: p.pixel_attention_mask[row * n * per_mask..(row + 1) * n * per_mask].to_vec(),
+            pixel_attention_mask: p.pixel_attention_mask
+                [row * n * per_mask..(row + 1) * n * per_mask]
+                .to_vec(),
             shape: [1, n, c, h, w],
         }
     });
@@ -48,9 +50,15 @@ fn each_batch_row_yields_what_it_yields_alone() {
     let (model, generation) = tiny_model();
     let input = model_input(&reference_case("tiny-f32", "batch_left_pad"));
     let options = GenerationOptions::from_generation_config(&generation, 10);
-    let batched = model.generate(&input, &options, |_| ControlFlow::Continue(())).unwrap();
+    let batched = model
+        .generate(&input, &options, |_| ControlFlow::Continue(()))
+        .unwrap();
     for row in 0..input.batch {
-        let alone = model.generate(&single_row(&input, row), &options, |_| ControlFlow::Continue(())).unwrap();
+        let alone = model
+            .generate(&single_row(&input, row), &options, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         assert_eq!(batched.tokens[row], alone.tokens[0], "row {row}");
         for (a, b) in batched.logprobs[row].iter().zip(&alone.logprobs[0]) {
             assert!((a - b).abs() < 1e-4, "row {row}: logprob {a} vs {b}");
@@ -68,7 +76,11 @@ fn cancelling_stops_between_steps() {
     let out = model
         .generate(&input, &options, |event| {
             seen.push(event.token);
-            if seen.len() == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if seen.len() == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })
         .unwrap();
     assert_eq!(out.tokens[0], seen);
@@ -83,17 +95,32 @@ fn sampling_is_reproducible_per_seed_and_honours_max_new_tokens() {
     let sample = |seed| {
         let mut options = GenerationOptions::from_generation_config(&generation, 8);
         options.sampling = SamplingOptions {
-            sampling: Sampling::Sample { temperature: 1.5, top_k: 50, top_p: 0.95, seed },
+            sampling: Sampling::Sample {
+                temperature: 1.5,
+                top_k: 50,
+                top_p: 0.95,
+                seed,
+            },
             repetition_penalty: 1.3,
         };
-        model.generate(&input, &options, |_| ControlFlow::Continue(())).unwrap().tokens[0].clone()
+        model
+            .generate(&input, &options, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .tokens[0]
+            .clone()
     };
     let first = sample(1);
     assert_eq!(first.len(), 8);
     assert_eq!(first, sample(1));
-    assert!((2..6).any(|seed| sample(seed) != first), "different seeds never changed the sample");
+    assert!(
+        (2..6).any(|seed| sample(seed) != first),
+        "different seeds never changed the sample"
+    );
     let banned = [32000u32, 32001];
-    assert!(first.iter().all(|t| !banned.contains(t)), "bad words were generated: {first:?}");
+    assert!(
+        first.iter().all(|t| !banned.contains(t)),
+        "bad words were generated: {first:?}"
+    );
 }
 
 #[test]
@@ -101,22 +128,55 @@ fn bad_options_and_inputs_are_errors() {
     let (model, generation) = tiny_model();
     let input = model_input(&reference_case("tiny-f32", "text_only"));
     let mut options = GenerationOptions::from_generation_config(&generation, 4);
-    options.sampling.sampling = Sampling::Sample { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
-    assert!(matches!(model.generate(&input, &options, |_| ControlFlow::Continue(())), Err(Error::GenerationOption(_))));
+    options.sampling.sampling = Sampling::Sample {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    assert!(matches!(
+        model.generate(&input, &options, |_| ControlFlow::Continue(())),
+        Err(Error::GenerationOption(_))
+    ));
 
     let options = GenerationOptions::from_generation_config(&generation, 1000);
-    let err = model.generate(&input, &options, |_| ControlFlow::Continue(())).unwrap_err();
-    assert!(matches!(err, Error::TooManyTokens { limit: 512, .. }), "{err}");
+    let err = model
+        .generate(&input, &options, |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyTokens { limit: 512, .. }),
+        "{err}"
+    );
 
     // An image given without its `<image>` tokens.
     let with_image = model_input(&reference_case("tiny-f32", "one_image"));
     let text_ids = ModelInput::single(input.input_ids.clone(), with_image.pixels.clone());
     let options = GenerationOptions::from_generation_config(&generation, 2);
-    let err = model.generate(&text_ids, &options, |_| ControlFlow::Continue(())).unwrap_err();
-    assert!(matches!(err, Error::ImageTokenCount { tokens: 0, features: 8, .. }), "{err}");
+    let err = model
+        .generate(&text_ids, &options, |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ImageTokenCount {
+                tokens: 0,
+                features: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let out_of_vocab = ModelInput::single(vec![1, 40000], None);
-    assert!(model.generate(&out_of_vocab, &options, |_| ControlFlow::Continue(())).is_err());
+    assert!(
+        model
+            .generate(&out_of_vocab, &options, |_| ControlFlow::Continue(()))
+            .is_err()
+    );
     let empty = ModelInput::single(vec![], None);
-    assert!(model.generate(&empty, &options, |_| ControlFlow::Continue(())).is_err());
+    assert!(
+        model
+            .generate(&empty, &options, |_| ControlFlow::Continue(()))
+            .is_err()
+    );
 }

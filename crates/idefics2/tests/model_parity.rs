@@ -38,32 +38,67 @@ impl StageErrors {
     }
 }
 
-fn run_case(model: &Idefics2, generation: &GenerationConfig, checkpoint: &str, case_name: &str) -> StageErrors {
+fn run_case(
+    model: &Idefics2,
+    generation: &GenerationConfig,
+    checkpoint: &str,
+    case_name: &str,
+) -> StageErrors {
     let case = reference_case(checkpoint, case_name);
     let input = model_input(&case);
     let mut errors = StageErrors::default();
-    let features = input.pixels.as_ref().and_then(|pixels| {
+    let features = input.pixels.as_ref().map(|pixels| {
         let vision = model.vision_input(pixels).unwrap().unwrap();
-        assert_eq!(vision.position_ids, case["vision_position_ids"].as_i64(), "{case_name}: vision position ids");
+        assert_eq!(
+            vision.position_ids,
+            case["vision_position_ids"].as_i64(),
+            "{case_name}: vision position ids"
+        );
         let patch_mask: Vec<f64> = vision.patch_mask.iter().map(|&m| m as u8 as f64).collect();
-        assert_eq!(patch_mask, case["patch_attention_mask"].values, "{case_name}: patch mask");
+        assert_eq!(
+            patch_mask, case["patch_attention_mask"].values,
+            "{case_name}: patch mask"
+        );
         let hidden = model.vision_hidden(&vision);
-        errors.vision = max_abs_diff("vision", &to_f64(hidden.clone()), &case["vision_hidden"].values);
+        errors.vision = max_abs_diff(
+            "vision",
+            &to_f64(hidden.clone()),
+            &case["vision_hidden"].values,
+        );
         let connector = model.connector_out(&vision, hidden);
-        errors.connector = max_abs_diff("connector", &to_f64(connector.clone()), &case["connector_out"].values);
-        Some(connector)
+        errors.connector = max_abs_diff(
+            "connector",
+            &to_f64(connector.clone()),
+            &case["connector_out"].values,
+        );
+        connector
     });
     let embeds = model.inputs_embeds(&input, features).unwrap();
-    errors.embeds = max_abs_diff("embeds", &to_f64(embeds.clone()), &case["inputs_embeds"].values);
+    errors.embeds = max_abs_diff(
+        "embeds",
+        &to_f64(embeds.clone()),
+        &case["inputs_embeds"].values,
+    );
     let positions = input.positions();
-    assert_eq!(positions, case["position_ids"].as_i64(), "{case_name}: text position ids");
+    assert_eq!(
+        positions,
+        case["position_ids"].as_i64(),
+        "{case_name}: text position ids"
+    );
     let mut cache = model.new_cache(input.batch, input.seq).unwrap();
-    let hidden = model.decode(embeds, &input.attention_mask, &positions, &mut cache).unwrap();
+    let hidden = model
+        .decode(embeds, &input.attention_mask, &positions, &mut cache)
+        .unwrap();
     // Padding positions attend to nothing; only real positions are compared.
     let hidden_size = model.config.text_config.hidden_size;
     let real = |i: usize| input.attention_mask[i] != 0;
     let keep = |values: Vec<f64>, width: usize| -> Vec<f64> {
-        values.chunks(width).enumerate().filter(|(i, _)| real(*i)).flat_map(|(_, c)| c.to_vec()).collect()
+        values
+            .chunks(width)
+            .enumerate()
+            .filter(|(i, _)| real(*i))
+            .flat_map(|(_, c)| c.to_vec())
+            .collect()
     };
     errors.hidden = max_abs_diff(
         "hidden",
@@ -81,8 +116,16 @@ fn run_case(model: &Idefics2, generation: &GenerationConfig, checkpoint: &str, c
         .chunks(vocab * input.seq)
         .flat_map(|row| row[(input.seq - 1) * vocab..].to_vec())
         .collect();
-    errors.logits = max_abs_diff("logits_cols", &keep(sampled, cols.len()), &keep(case["logits_cols"].values.clone(), cols.len()))
-        .max(max_abs_diff("logits_last", &last, &case["logits_last"].values));
+    errors.logits = max_abs_diff(
+        "logits_cols",
+        &keep(sampled, cols.len()),
+        &keep(case["logits_cols"].values.clone(), cols.len()),
+    )
+    .max(max_abs_diff(
+        "logits_last",
+        &last,
+        &case["logits_last"].values,
+    ));
 
     let expected_ids = case["greedy_ids"].as_i64();
     let expected_lp = &case["greedy_logprobs"].values;
@@ -95,9 +138,17 @@ fn run_case(model: &Idefics2, generation: &GenerationConfig, checkpoint: &str, c
             ControlFlow::Continue(())
         })
         .unwrap();
-    assert_eq!(streamed, out.tokens.iter().map(Vec::len).sum::<usize>(), "every token is streamed");
+    assert_eq!(
+        streamed,
+        out.tokens.iter().map(Vec::len).sum::<usize>(),
+        "every token is streamed"
+    );
     for row in 0..input.batch {
-        let want: Vec<i64> = expected_ids[row * steps..(row + 1) * steps].iter().copied().filter(|&t| t >= 0).collect();
+        let want: Vec<i64> = expected_ids[row * steps..(row + 1) * steps]
+            .iter()
+            .copied()
+            .filter(|&t| t >= 0)
+            .collect();
         let got: Vec<i64> = out.tokens[row].iter().map(|&t| t as i64).collect();
         if got != want {
             eprintln!("{checkpoint}/{case_name} row {row}: greedy ids {got:?}, reference {want:?}");
@@ -105,7 +156,9 @@ fn run_case(model: &Idefics2, generation: &GenerationConfig, checkpoint: &str, c
             continue;
         }
         for (i, lp) in out.logprobs[row].iter().enumerate() {
-            errors.logprobs = errors.logprobs.max((*lp as f64 - expected_lp[row * steps + i]).abs());
+            errors.logprobs = errors
+                .logprobs
+                .max((*lp as f64 - expected_lp[row * steps + i]).abs());
         }
     }
     errors
@@ -137,9 +190,15 @@ fn assert_f32(worst: &StageErrors) {
         ("logits", worst.logits),
         ("logprobs", worst.logprobs),
     ] {
-        assert!(err <= F32_TOLERANCE, "{stage}: max abs error {err:e} > {F32_TOLERANCE:e}");
+        assert!(
+            err <= F32_TOLERANCE,
+            "{stage}: max abs error {err:e} > {F32_TOLERANCE:e}"
+        );
     }
-    assert_eq!(worst.greedy_mismatches, 0, "greedy ids differ from the reference");
+    assert_eq!(
+        worst.greedy_mismatches, 0,
+        "greedy ids differ from the reference"
+    );
 }
 
 #[test]
@@ -154,7 +213,10 @@ fn wgpu_matches_reference() {
     assert_f32(&parity(&device, DType::F32, "wgpu-f32"));
     if device.supports_dtype(DType::F16) {
         let worst = parity(&device, DType::F16, "wgpu-f16");
-        assert_eq!(worst.greedy_mismatches, 0, "f16 greedy ids differ from the reference");
+        assert_eq!(
+            worst.greedy_mismatches, 0,
+            "f16 greedy ids differ from the reference"
+        );
     } else {
         println!("wgpu-f16: adapter has no shader-f16, f16 not run");
     }

@@ -12,7 +12,10 @@ use idefics2::{DeviceChoice, Error, Idefics2, init_device};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 /// Copies the tiny f32 checkpoint's config and rewrites its weights through `edit`.
-fn edited_checkpoint(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
+fn edited_checkpoint(
+    dir: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let source = common::checkpoint("tiny-f32");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(source.join("config.json"), dir.join("config.json")).unwrap();
@@ -42,15 +45,33 @@ fn every_missing_unexpected_and_misshapen_tensor_is_listed() {
     edited_checkpoint(&dir, |map| {
         map.remove("lm_head.weight").unwrap();
         map.remove("model.text_model.norm.weight").unwrap();
-        let (d, _, b) = map.remove("model.connector.perceiver_resampler.latents").unwrap();
-        map.insert("model.connector.perceiver_resampler.latents".into(), (d, vec![4, 64], b));
-        map.insert("model.extra.weight".into(), (Dtype::F32, vec![2], vec![0; 8]));
+        let (d, _, b) = map
+            .remove("model.connector.perceiver_resampler.latents")
+            .unwrap();
+        map.insert(
+            "model.connector.perceiver_resampler.latents".into(),
+            (d, vec![4, 64], b),
+        );
+        map.insert(
+            "model.extra.weight".into(),
+            (Dtype::F32, vec![2], vec![0; 8]),
+        );
     });
     let error = load_error(&dir);
     let message = error.to_string();
     match error {
-        Error::Weights { missing, unexpected, mismatched } => {
-            assert_eq!(missing, vec!["model.text_model.norm.weight".to_string(), "lm_head.weight".to_string()]);
+        Error::Weights {
+            missing,
+            unexpected,
+            mismatched,
+        } => {
+            assert_eq!(
+                missing,
+                vec![
+                    "model.text_model.norm.weight".to_string(),
+                    "lm_head.weight".to_string()
+                ]
+            );
             assert_eq!(unexpected, vec!["model.extra.weight".to_string()]);
             assert_eq!(mismatched.len(), 1);
             assert_eq!(mismatched[0].expected, vec![8, 32]);
@@ -58,7 +79,11 @@ fn every_missing_unexpected_and_misshapen_tensor_is_listed() {
         }
         other => panic!("unexpected error {other}"),
     }
-    for needle in ["missing tensor `lm_head.weight`", "unexpected tensor `model.extra.weight`", "expected shape [8, 32], found [4, 64]"] {
+    for needle in [
+        "missing tensor `lm_head.weight`",
+        "unexpected tensor `model.extra.weight`",
+        "expected shape [8, 32], found [4, 64]",
+    ] {
         assert!(message.contains(needle), "{message}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -72,7 +97,10 @@ fn unsupported_dtype_is_named() {
         entry.0 = Dtype::I32;
     });
     let message = load_error(&dir).to_string();
-    assert!(message.contains("model.text_model.norm.weight") && message.contains("I32"), "{message}");
+    assert!(
+        message.contains("model.text_model.norm.weight") && message.contains("I32"),
+        "{message}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -84,10 +112,16 @@ fn corrupt_and_missing_files_are_named() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let message = load_error(&dir).to_string();
-    assert!(message.contains("model.safetensors") && message.contains("not a valid safetensors"), "{message}");
+    assert!(
+        message.contains("model.safetensors") && message.contains("not a valid safetensors"),
+        "{message}"
+    );
     std::fs::remove_file(&path).unwrap();
     let message = load_error(&dir).to_string();
-    assert!(message.contains("cannot read") && message.contains("model.safetensors"), "{message}");
+    assert!(
+        message.contains("cannot read") && message.contains("model.safetensors"),
+        "{message}"
+    );
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let message = load_error(&dir).to_string();
     assert!(message.contains("config.json"), "{message}");

@@ -15,7 +15,13 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(loader: &mut TensorLoader, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Self {
+    pub fn load(
+        loader: &mut TensorLoader,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Self {
         let weight = loader.float(&format!("{prefix}.weight"), [out_features, in_features]);
         let bias = bias.then(|| loader.float(&format!("{prefix}.bias"), [out_features]));
         Self { weight, bias }
@@ -121,9 +127,27 @@ impl GatedMlp {
         act: Activation,
     ) -> Self {
         Self {
-            gate_proj: Linear::load(loader, &format!("{prefix}.gate_proj"), hidden_size, intermediate_size, false),
-            up_proj: Linear::load(loader, &format!("{prefix}.up_proj"), hidden_size, intermediate_size, false),
-            down_proj: Linear::load(loader, &format!("{prefix}.down_proj"), intermediate_size, output_size, false),
+            gate_proj: Linear::load(
+                loader,
+                &format!("{prefix}.gate_proj"),
+                hidden_size,
+                intermediate_size,
+                false,
+            ),
+            up_proj: Linear::load(
+                loader,
+                &format!("{prefix}.up_proj"),
+                hidden_size,
+                intermediate_size,
+                false,
+            ),
+            down_proj: Linear::load(
+                loader,
+                &format!("{prefix}.down_proj"),
+                intermediate_size,
+                output_size,
+                false,
+            ),
             act,
         }
     }

@@ -87,7 +87,9 @@ impl ModelInput {
 
     fn validate(&self) -> Result<()> {
         let expected = vec![self.batch, self.seq];
-        if self.input_ids.len() != self.batch * self.seq || self.attention_mask.len() != self.batch * self.seq {
+        if self.input_ids.len() != self.batch * self.seq
+            || self.attention_mask.len() != self.batch * self.seq
+        {
             return Err(Error::InputShape {
                 what: "input_ids / attention_mask".into(),
                 expected,
@@ -131,12 +133,21 @@ impl Idefics2 {
 
     /// Builds the model from mapped weights: a check pass that lists every missing, unexpected
     /// or misshapen tensor, then the real load.
-    pub fn from_files(config: Idefics2Config, files: &WeightFiles, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn from_files(
+        config: Idefics2Config,
+        files: &WeightFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16) {
-            return Err(Error::Device(format!("unsupported float type {dtype:?}: use F32 or F16")));
+            return Err(Error::Device(format!(
+                "unsupported float type {dtype:?}: use F32 or F16"
+            )));
         }
         if !device.supports_dtype(dtype) {
-            return Err(Error::Device(format!("{device:?} does not support {dtype:?}")));
+            return Err(Error::Device(format!(
+                "{device:?} does not support {dtype:?}"
+            )));
         }
         let mut check = TensorLoader::new(files, device, dtype, true);
         Self::build(&config, &mut check, device, dtype);
@@ -147,7 +158,12 @@ impl Idefics2 {
         Ok(model)
     }
 
-    fn build(config: &Idefics2Config, loader: &mut TensorLoader, device: &Device, dtype: DType) -> Self {
+    fn build(
+        config: &Idefics2Config,
+        loader: &mut TensorLoader,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         let text = &config.text_config;
         let model = Idefics2Inner {
             vision_model: VisionModel::load(loader, "model.vision_model", &config.vision_config),
@@ -204,7 +220,10 @@ impl Idefics2 {
     pub fn vision_hidden(&self, input: &VisionInput) -> Tensor<3> {
         let (n, p) = (input.images, input.num_patches());
         let patches = self.float_tensor(input.patches.clone(), [n, p, input.patch_dim]);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(input.position_ids.clone(), [n, p]), &self.device);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(input.position_ids.clone(), [n, p]),
+            &self.device,
+        );
         let mask = input
             .has_padding()
             .then(|| self.mask_tensor(key_padding_mask(&input.patch_mask, n, p, p), [n, p, p]));
@@ -243,7 +262,11 @@ impl Idefics2 {
     ///
     /// # Shapes
     /// `features`: `[images, n_latents, hidden]` -> `[batch, seq, hidden]`
-    pub fn inputs_embeds(&self, input: &ModelInput, features: Option<Tensor<3>>) -> Result<Tensor<3>> {
+    pub fn inputs_embeds(
+        &self,
+        input: &ModelInput,
+        features: Option<Tensor<3>>,
+    ) -> Result<Tensor<3>> {
         input.validate()?;
         let (batch, seq) = (input.batch, input.seq);
         let vocab = self.config.text_config.vocab_size;
@@ -255,12 +278,23 @@ impl Idefics2 {
             });
         }
         let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(input.input_ids.iter().map(|&id| id as i64).collect::<Vec<_>>(), [batch, seq]),
+            TensorData::new(
+                input
+                    .input_ids
+                    .iter()
+                    .map(|&id| id as i64)
+                    .collect::<Vec<_>>(),
+                [batch, seq],
+            ),
             &self.device,
         );
         let text = self.model.text_model.embed(ids);
         let image_token = self.config.image_token_id;
-        let tokens = input.input_ids.iter().filter(|&&id| id == image_token).count();
+        let tokens = input
+            .input_ids
+            .iter()
+            .filter(|&&id| id == image_token)
+            .count();
         let (images, per_image) = features.as_ref().map_or((0, self.image_seq_len()), |f| {
             let [n, l, _] = f.dims();
             (n, l)
@@ -293,10 +327,14 @@ impl Idefics2 {
             })
             .collect();
         let rows = Tensor::cat(
-            vec![text.reshape([batch * seq, hidden]), features.reshape([tokens, hidden])],
+            vec![
+                text.reshape([batch * seq, hidden]),
+                features.reshape([tokens, hidden]),
+            ],
             0,
         ); // [batch*seq + tokens, hidden]
-        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &self.device);
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &self.device);
         Ok(rows.select(0, index).reshape([batch, seq, hidden]))
     }
 
@@ -310,7 +348,13 @@ impl Idefics2 {
                 what: "max_position_embeddings".into(),
             });
         }
-        Ok(KvCache::new(&self.config.text_config, batch, capacity, &self.device, self.dtype))
+        Ok(KvCache::new(
+            &self.config.text_config,
+            batch,
+            capacity,
+            &self.device,
+            self.dtype,
+        ))
     }
 
     /// Runs the decoder over new positions.
@@ -319,13 +363,28 @@ impl Idefics2 {
     /// - `embeds`: `[batch, seq, hidden]`; `attention_mask`: `[batch, cache.len() + seq]`;
     ///   `positions`: `[batch * seq]`
     /// - returns `[batch, seq, hidden]`
-    pub fn decode(&self, embeds: Tensor<3>, attention_mask: &[u8], positions: &[i64], cache: &mut KvCache) -> Result<Tensor<3>> {
+    pub fn decode(
+        &self,
+        embeds: Tensor<3>,
+        attention_mask: &[u8],
+        positions: &[i64],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>> {
         let [batch, seq, _] = embeds.dims();
         cache.reserve(seq)?;
         let past = cache.len();
-        let mask = decoder_mask(attention_mask, batch, past, seq, self.config.text_config.sliding_window);
+        let mask = decoder_mask(
+            attention_mask,
+            batch,
+            past,
+            seq,
+            self.config.text_config.sliding_window,
+        );
         let mask = self.mask_tensor(mask, [batch, seq, past + seq]);
-        Ok(self.model.text_model.forward(embeds, positions, mask, cache))
+        Ok(self
+            .model
+            .text_model
+            .forward(embeds, positions, mask, cache))
     }
 
     /// # Shapes

@@ -31,7 +31,8 @@ pub fn rope_tables(
         }
     }
     let make = |values: Vec<f32>| {
-        Tensor::<4>::from_data(TensorData::new(values, [batch, 1, seq, head_dim]), device).cast(dtype)
+        Tensor::<4>::from_data(TensorData::new(values, [batch, 1, seq, head_dim]), device)
+            .cast(dtype)
     };
     (make(cos), make(sin))
 }
@@ -44,7 +45,9 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [batch, heads, seq, head_dim] = x.dims();
     let half = head_dim / 2;
     let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
-    let x2 = x.clone().slice([0..batch, 0..heads, 0..seq, half..head_dim]);
+    let x2 = x
+        .clone()
+        .slice([0..batch, 0..heads, 0..seq, half..head_dim]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3); // [batch, heads, seq, head_dim]
     x * cos.clone() + rotated * sin.clone()
 }

@@ -42,7 +42,11 @@ pub struct TextModel {
 impl TextModel {
     pub fn load(loader: &mut TensorLoader, prefix: &str, config: &TextConfig) -> Self {
         let hidden = config.hidden_size;
-        let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.num_key_value_heads(), config.head_dim());
+        let (heads, kv_heads, head_dim) = (
+            config.num_attention_heads,
+            config.num_key_value_heads(),
+            config.head_dim(),
+        );
         let eps = config.rms_norm_eps;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -51,7 +55,12 @@ impl TextModel {
                     Linear::load(loader, &format!("{p}.self_attn.{name}"), i, o, false)
                 };
                 DecoderLayer {
-                    input_layernorm: RmsNorm::load(loader, &format!("{p}.input_layernorm"), hidden, eps),
+                    input_layernorm: RmsNorm::load(
+                        loader,
+                        &format!("{p}.input_layernorm"),
+                        hidden,
+                        eps,
+                    ),
                     self_attn: TextAttention {
                         q_proj: linear(loader, "q_proj", hidden, heads * head_dim),
                         k_proj: linear(loader, "k_proj", hidden, kv_heads * head_dim),
@@ -61,13 +70,28 @@ impl TextModel {
                         num_key_value_heads: kv_heads,
                         head_dim,
                     },
-                    post_attention_layernorm: RmsNorm::load(loader, &format!("{p}.post_attention_layernorm"), hidden, eps),
-                    mlp: GatedMlp::load(loader, &format!("{p}.mlp"), hidden, config.intermediate_size, hidden, config.hidden_act),
+                    post_attention_layernorm: RmsNorm::load(
+                        loader,
+                        &format!("{p}.post_attention_layernorm"),
+                        hidden,
+                        eps,
+                    ),
+                    mlp: GatedMlp::load(
+                        loader,
+                        &format!("{p}.mlp"),
+                        hidden,
+                        config.intermediate_size,
+                        hidden,
+                        config.hidden_act,
+                    ),
                 }
             })
             .collect();
         Self {
-            embed_tokens: loader.float(&format!("{prefix}.embed_tokens.weight"), [config.vocab_size, hidden]),
+            embed_tokens: loader.float(
+                &format!("{prefix}.embed_tokens.weight"),
+                [config.vocab_size, hidden],
+            ),
             layers,
             norm: RmsNorm::load(loader, &format!("{prefix}.norm"), hidden, eps),
             rope_theta: config.rope_theta,
@@ -92,15 +116,31 @@ impl TextModel {
     /// - `positions`: `[batch * seq]` RoPE positions
     /// - `mask`: additive f32 `[batch, seq, cache.len() + seq]` (see [`decoder_mask`])
     /// - returns the final-normed hidden states `[batch, seq, hidden]`
-    pub fn forward(&self, embeds: Tensor<3>, positions: &[i64], mask: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        embeds: Tensor<3>,
+        positions: &[i64],
+        mask: Tensor<3>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let [batch, seq, _] = embeds.dims();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let (cos, sin) = rope_tables(positions, batch, seq, head_dim, self.rope_theta, &embeds.device(), embeds.dtype());
+        let (cos, sin) = rope_tables(
+            positions,
+            batch,
+            seq,
+            head_dim,
+            self.rope_theta,
+            &embeds.device(),
+            embeds.dtype(),
+        );
         let mut x = embeds;
         for (index, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let h = layer.input_layernorm.forward(x);
-            let h = layer.self_attn.forward(h, &cos, &sin, mask.clone(), cache, index);
+            let h = layer
+                .self_attn
+                .forward(h, &cos, &sin, mask.clone(), cache, index);
             x = residual + h;
             let residual = x.clone();
             x = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
@@ -120,14 +160,27 @@ impl TextAttention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Tensor<3> {
-        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads, self.head_dim);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.num_key_value_heads, self.head_dim);
-        let v = split_heads(self.v_proj.forward(x), self.num_key_value_heads, self.head_dim);
+        let q = split_heads(
+            self.q_proj.forward(x.clone()),
+            self.num_heads,
+            self.head_dim,
+        );
+        let k = split_heads(
+            self.k_proj.forward(x.clone()),
+            self.num_key_value_heads,
+            self.head_dim,
+        );
+        let v = split_heads(
+            self.v_proj.forward(x),
+            self.num_key_value_heads,
+            self.head_dim,
+        );
         let q = apply_rope(q, cos, sin);
         let k = apply_rope(k, cos, sin);
         let (k, v) = cache.append(layer, k, v);
         let scale = (self.head_dim as f64).powf(-0.5);
-        self.o_proj.forward(merge_heads(attention(q, k, v, Some(mask), scale)))
+        self.o_proj
+            .forward(merge_heads(attention(q, k, v, Some(mask), scale)))
     }
 }
 
@@ -137,7 +190,13 @@ impl TextAttention {
 ///
 /// # Shapes
 /// `attention_mask`: `[batch, past + seq]` -> `[batch * seq * (past + seq)]`
-pub fn decoder_mask(attention_mask: &[u8], batch: usize, past: usize, seq: usize, sliding_window: Option<usize>) -> Vec<f32> {
+pub fn decoder_mask(
+    attention_mask: &[u8],
+    batch: usize,
+    past: usize,
+    seq: usize,
+    sliding_window: Option<usize>,
+) -> Vec<f32> {
     let total = past + seq;
     let mut mask = Vec::with_capacity(batch * seq * total);
     for b in 0..batch {

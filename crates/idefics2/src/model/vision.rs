@@ -63,7 +63,10 @@ impl VisionModel {
                 [hidden, channels, patch, patch],
                 [hidden, channels * patch * patch],
             ),
-            bias: Some(loader.float(&format!("{prefix}.embeddings.patch_embedding.bias"), [hidden])),
+            bias: Some(loader.float(
+                &format!("{prefix}.embeddings.patch_embedding.bias"),
+                [hidden],
+            )),
         };
         let position_embedding = loader.float(
             &format!("{prefix}.embeddings.position_embedding.weight"),
@@ -75,7 +78,13 @@ impl VisionModel {
             .map(|i| {
                 let p = format!("{prefix}.encoder.layers.{i}");
                 let proj = |loader: &mut TensorLoader, name: &str| {
-                    Linear::load(loader, &format!("{p}.self_attn.{name}"), hidden, hidden, true)
+                    Linear::load(
+                        loader,
+                        &format!("{p}.self_attn.{name}"),
+                        hidden,
+                        hidden,
+                        true,
+                    )
                 };
                 VisionEncoderLayer {
                     layer_norm1: LayerNorm::load(loader, &format!("{p}.layer_norm1"), hidden, eps),
@@ -89,8 +98,20 @@ impl VisionModel {
                     },
                     layer_norm2: LayerNorm::load(loader, &format!("{p}.layer_norm2"), hidden, eps),
                     mlp: VisionMlp {
-                        fc1: Linear::load(loader, &format!("{p}.mlp.fc1"), hidden, config.intermediate_size, true),
-                        fc2: Linear::load(loader, &format!("{p}.mlp.fc2"), config.intermediate_size, hidden, true),
+                        fc1: Linear::load(
+                            loader,
+                            &format!("{p}.mlp.fc1"),
+                            hidden,
+                            config.intermediate_size,
+                            true,
+                        ),
+                        fc2: Linear::load(
+                            loader,
+                            &format!("{p}.mlp.fc2"),
+                            config.intermediate_size,
+                            hidden,
+                            true,
+                        ),
                         act: config.hidden_act,
                     },
                 }
@@ -102,7 +123,12 @@ impl VisionModel {
                 position_embedding,
             },
             layers,
-            post_layernorm: LayerNorm::load(loader, &format!("{prefix}.post_layernorm"), hidden, eps),
+            post_layernorm: LayerNorm::load(
+                loader,
+                &format!("{prefix}.post_layernorm"),
+                hidden,
+                eps,
+            ),
         }
     }
 
@@ -111,7 +137,12 @@ impl VisionModel {
     /// - `position_ids`: `[images, num_patches]`
     /// - `mask`: additive f32 `[images, num_patches, num_patches]`, `None` when no patch is padding
     /// - returns `[images, num_patches, hidden]`
-    pub fn forward(&self, patches: Tensor<3>, position_ids: Tensor<2, Int>, mask: Option<Tensor<3>>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        patches: Tensor<3>,
+        position_ids: Tensor<2, Int>,
+        mask: Option<Tensor<3>>,
+    ) -> Tensor<3> {
         let [images, num_patches, _] = patches.dims();
         let hidden = self.embeddings.position_embedding.dims()[1];
         let positions = self
@@ -128,7 +159,10 @@ impl VisionModel {
             x = residual + h;
             let residual = x.clone();
             let h = layer.layer_norm2.forward(x);
-            let h = layer.mlp.fc2.forward(activate(layer.mlp.act, layer.mlp.fc1.forward(h)));
+            let h = layer
+                .mlp
+                .fc2
+                .forward(activate(layer.mlp.act, layer.mlp.fc1.forward(h)));
             x = residual + h;
         }
         self.post_layernorm.forward(x)
@@ -137,10 +171,19 @@ impl VisionModel {
 
 impl VisionAttention {
     fn forward(&self, x: Tensor<3>, mask: Option<Tensor<3>>) -> Tensor<3> {
-        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads, self.head_dim);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.num_heads, self.head_dim);
+        let q = split_heads(
+            self.q_proj.forward(x.clone()),
+            self.num_heads,
+            self.head_dim,
+        );
+        let k = split_heads(
+            self.k_proj.forward(x.clone()),
+            self.num_heads,
+            self.head_dim,
+        );
         let v = split_heads(self.v_proj.forward(x), self.num_heads, self.head_dim);
         let scale = (self.head_dim as f64).powf(-0.5);
-        self.out_proj.forward(merge_heads(attention(q, k, v, mask, scale)))
+        self.out_proj
+            .forward(merge_heads(attention(q, k, v, mask, scale)))
     }
 }

@@ -33,10 +33,16 @@ impl VisionInput {
 }
 
 /// Builds the encoder input; `None` when every image is padding.
-pub fn prepare(pixels: &PixelBatch, patch_size: usize, num_patches_per_side: usize) -> Result<Option<VisionInput>> {
+pub fn prepare(
+    pixels: &PixelBatch,
+    patch_size: usize,
+    num_patches_per_side: usize,
+) -> Result<Option<VisionInput>> {
     let [batch, max_images, channels, height, width] = pixels.shape;
     let expected_values = batch * max_images * channels * height * width;
-    if pixels.pixel_values.len() != expected_values || pixels.pixel_attention_mask.len() != batch * max_images * height * width {
+    if pixels.pixel_values.len() != expected_values
+        || pixels.pixel_attention_mask.len() != batch * max_images * height * width
+    {
         return Err(Error::InputShape {
             what: "pixel_values / pixel_attention_mask".into(),
             expected: pixels.shape.to_vec(),
@@ -61,7 +67,11 @@ pub fn prepare(pixels: &PixelBatch, patch_size: usize, num_patches_per_side: usi
         position_ids: Vec::with_capacity(real.len() * num_patches),
         patch_mask: Vec::with_capacity(real.len() * num_patches),
     };
-    let boundaries = arange_f32(1.0 / num_patches_per_side as f64, 1.0, 1.0 / num_patches_per_side as f64);
+    let boundaries = arange_f32(
+        1.0 / num_patches_per_side as f64,
+        1.0,
+        1.0 / num_patches_per_side as f64,
+    );
     for &index in &real {
         let image = pixels.image(index);
         let mask = pixels.mask(index);
@@ -74,23 +84,31 @@ pub fn prepare(pixels: &PixelBatch, patch_size: usize, num_patches_per_side: usi
                 })
             })
             .collect();
-        let nb_h = (0..patches_h).filter(|&py| patch_mask[py * patches_w]).count();
+        let nb_h = (0..patches_h)
+            .filter(|&py| patch_mask[py * patches_w])
+            .count();
         let nb_w = (0..patches_w).filter(|&px| patch_mask[px]).count();
         let real_count = patch_mask.iter().filter(|&&m| m).count();
         if real_count != nb_h * nb_w {
             return Err(Error::InputShape {
-                what: format!("pixel_attention_mask of image {index}: real patches must form a top-left rectangle"),
+                what: format!(
+                    "pixel_attention_mask of image {index}: real patches must form a top-left rectangle"
+                ),
                 expected: vec![nb_h, nb_w],
                 got: vec![real_count],
             });
         }
         let bucket_h = bucket_coords(nb_h, &boundaries);
         let bucket_w = bucket_coords(nb_w, &boundaries);
-        let mut ids = bucket_h
-            .iter()
-            .flat_map(|&h| bucket_w.iter().map(move |&w| h * num_patches_per_side as i64 + w));
+        let mut ids = bucket_h.iter().flat_map(|&h| {
+            bucket_w
+                .iter()
+                .map(move |&w| h * num_patches_per_side as i64 + w)
+        });
         for &is_real in &patch_mask {
-            input.position_ids.push(if is_real { ids.next().unwrap_or(0) } else { 0 });
+            input
+                .position_ids
+                .push(if is_real { ids.next().unwrap_or(0) } else { 0 });
         }
         input.patch_mask.extend_from_slice(&patch_mask);
         for p in 0..num_patches {
@@ -98,7 +116,9 @@ pub fn prepare(pixels: &PixelBatch, patch_size: usize, num_patches_per_side: usi
             for c in 0..channels {
                 for dy in 0..patch_size {
                     let start = (c * height + py * patch_size + dy) * width + px * patch_size;
-                    input.patches.extend_from_slice(&image[start..start + patch_size]);
+                    input
+                        .patches
+                        .extend_from_slice(&image[start..start + patch_size]);
                 }
             }
         }
@@ -146,17 +166,26 @@ mod tests {
     /// Bucket ids recorded from transformers 4.54.1 by `tests/fixtures/make_fixtures.py`.
     #[test]
     fn position_buckets_match_the_reference() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/position_buckets.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/position_buckets.json"
+        );
         let text = std::fs::read_to_string(path).expect("fixture position_buckets.json");
-        let table: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<i64>>> =
-            serde_json::from_str(&text).expect("valid JSON");
+        let table: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, Vec<i64>>,
+        > = serde_json::from_str(&text).expect("valid JSON");
         let mut checked = 0;
         for (side, rows) in &table {
             let side: usize = side.parse().expect("side");
             let boundaries = arange_f32(1.0 / side as f64, 1.0, 1.0 / side as f64);
             for (nb, expected) in rows {
                 let nb: usize = nb.parse().expect("nb");
-                assert_eq!(&bucket_coords(nb, &boundaries), expected, "side {side}, nb {nb}");
+                assert_eq!(
+                    &bucket_coords(nb, &boundaries),
+                    expected,
+                    "side {side}, nb {nb}"
+                );
                 checked += 1;
             }
         }

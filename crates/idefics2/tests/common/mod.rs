@@ -37,7 +37,10 @@ impl RefTensor {
 
 /// All tensors of `tests/fixtures/<checkpoint>/reference/<case>.safetensors`.
 pub fn reference_case(checkpoint: &str, case: &str) -> BTreeMap<String, RefTensor> {
-    let path = fixtures().join(checkpoint).join("reference").join(format!("{case}.safetensors"));
+    let path = fixtures()
+        .join(checkpoint)
+        .join("reference")
+        .join(format!("{case}.safetensors"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     tensors
@@ -46,12 +49,24 @@ pub fn reference_case(checkpoint: &str, case: &str) -> BTreeMap<String, RefTenso
         .map(|(name, view)| {
             let data = view.data();
             let values: Vec<f64> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
                 Dtype::U8 | Dtype::BOOL => data.iter().map(|&b| b as f64).collect(),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
-            (name, RefTensor { shape: view.shape().to_vec(), values })
+            (
+                name,
+                RefTensor {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            )
         })
         .collect()
 }
@@ -64,13 +79,21 @@ pub fn model_input(case: &BTreeMap<String, RefTensor>) -> ModelInput {
         let s = &pv.shape;
         PixelBatch {
             pixel_values: pv.as_f32(),
-            pixel_attention_mask: case["pixel_attention_mask"].values.iter().map(|&v| v as u8).collect(),
+            pixel_attention_mask: case["pixel_attention_mask"]
+                .values
+                .iter()
+                .map(|&v| v as u8)
+                .collect(),
             shape: [s[0], s[1], s[2], s[3], s[4]],
         }
     });
     ModelInput {
         input_ids: ids.values.iter().map(|&v| v as u32).collect(),
-        attention_mask: case["attention_mask"].values.iter().map(|&v| v as u8).collect(),
+        attention_mask: case["attention_mask"]
+            .values
+            .iter()
+            .map(|&v| v as u8)
+            .collect(),
         batch,
         seq,
         pixels,
@@ -98,5 +121,6 @@ pub fn max_abs_diff(what: &str, got: &[f64], expected: &[f64]) -> f64 {
 
 /// The GPU device; fails (never skips) without an adapter.
 pub fn gpu() -> Device {
-    init_device(DeviceChoice::Gpu).expect("a wgpu adapter is required for the GPU tests (lavapipe in CI)")
+    init_device(DeviceChoice::Gpu)
+        .expect("a wgpu adapter is required for the GPU tests (lavapipe in CI)")
 }
