@@ -62,6 +62,8 @@ pub enum Error {
     GenerationOption(String),
     #[error("device error: {0}")]
     Device(String),
+    #[error(transparent)]
+    Processor(#[from] crate::processor::ProcessorError),
 }
 
 fn describe_mismatch(

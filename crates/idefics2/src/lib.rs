@@ -7,7 +7,9 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod pipeline;
 pub mod pixels;
+pub mod processor;
 pub mod sampling;
 pub mod weights;
 

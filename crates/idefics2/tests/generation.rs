@@ -40,6 +40,7 @@ fn single_row(input: &ModelInput, row: usize) -> ModelInput {
                 [row * n * per_mask..(row + 1) * n * per_mask]
                 .to_vec(),
             shape: [1, n, c, h, w],
+            image_sizes: Vec::new(),
         }
     });
     ModelInput::single(ids, pixels)

@@ -205,6 +205,7 @@ mod tests {
             pixel_values,
             pixel_attention_mask,
             shape: [1, 2, 1, 4, 4],
+            image_sizes: Vec::new(),
         };
         let input = prepare(&batch, 2, 2).unwrap().unwrap();
         assert_eq!(input.images, 1);

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixture paths, reference tensors, devices.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod shapes;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -85,6 +87,7 @@ pub fn model_input(case: &BTreeMap<String, RefTensor>) -> ModelInput {
                 .map(|&v| v as u8)
                 .collect(),
             shape: [s[0], s[1], s[2], s[3], s[4]],
+            image_sizes: Vec::new(),
         }
     });
     ModelInput {

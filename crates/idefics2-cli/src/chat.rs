@@ -1,0 +1,142 @@
+//! `idefics2 chat`: a multi-turn conversation in the terminal through the model's chat template.
+//! `/image PATH` attaches an image to the next message, `/reset` clears the history,
+//! `/splitting on|off` toggles image splitting, `/quit` leaves.
+
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use idefics2::pipeline::{Pipeline, Prompt, Request};
+use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, IncrementalDecoder, load_image};
+
+use crate::options::{ImageArgs, ModelArgs, OnOff, RuntimeArgs, SamplingArgs};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(mut args: ChatArgs) -> Result<()> {
+    let dir = args.model.resolve()?;
+    let (device, dtype) = args.runtime.device()?;
+    let pipeline = Pipeline::load(&dir, &device, dtype)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    eprintln!(
+        "{} on {}. /image PATH, /reset, /splitting on|off, /quit",
+        dir.display(),
+        args.runtime.label()
+    );
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut history_images = Vec::new();
+    let mut pending_images = Vec::new();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        write!(stdout, "> ")?;
+        stdout.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim();
+        if let Some(path) = line.strip_prefix("/image ") {
+            match load_image(path.trim()) {
+                Ok(image) => {
+                    pending_images.push(image);
+                    eprintln!(
+                        "[{} image(s) attached to the next message]",
+                        pending_images.len()
+                    );
+                }
+                Err(e) => eprintln!("error: {e}"),
+            }
+            continue;
+        }
+        match line {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                history.clear();
+                history_images.clear();
+                pending_images.clear();
+                eprintln!("[history cleared]");
+                continue;
+            }
+            "/splitting on" | "/splitting off" => {
+                let on = line.ends_with("on");
+                args.image.image_splitting = Some(if on { OnOff::On } else { OnOff::Off });
+                eprintln!("[image splitting {}]", if on { "on" } else { "off" });
+                continue;
+            }
+            _ if line.starts_with('/') => {
+                eprintln!("unknown command {line}: /image PATH, /reset, /splitting on|off, /quit");
+                continue;
+            }
+            _ => {}
+        }
+        let mut content: Vec<ContentPart> =
+            pending_images.iter().map(|_| ContentPart::Image).collect();
+        content.push(ContentPart::text(line));
+        let mut messages = history.clone();
+        messages.push(ChatMessage::new("user", content));
+        let mut images = history_images.clone();
+        images.extend(pending_images.iter().cloned());
+        match answer(&pipeline, &args, messages.clone(), images.clone()) {
+            Ok(reply) => {
+                history = messages;
+                history.push(ChatMessage::new(
+                    "assistant",
+                    vec![ContentPart::text(reply)],
+                ));
+                history_images = images;
+                pending_images.clear();
+            }
+            // The turn is not added: the user can fix the problem and send again.
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+}
+
+/// Streams one answer to stdout and returns its text.
+fn answer(
+    pipeline: &Pipeline,
+    args: &ChatArgs,
+    messages: Vec<ChatMessage>,
+    images: Vec<DynamicImage>,
+) -> Result<String> {
+    let request = Request {
+        prompt: Prompt::Chat(messages),
+        images,
+    };
+    let input = pipeline.prepare(&[request], &args.image.options())?;
+    let mut options = pipeline.generation_options(args.sampling.max_new_tokens);
+    options.sampling = args.sampling.options();
+    let mut decoder = IncrementalDecoder::new(true);
+    let mut stdout = std::io::stdout().lock();
+    let output = pipeline.model.generate(&input, &options, |event| {
+        if let Ok(Some(text)) = decoder.step(&pipeline.processor.prompt, event.token) {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(rest) = decoder.finish(&pipeline.processor.prompt)? {
+        write!(stdout, "{rest}")?;
+    }
+    writeln!(stdout)?;
+    let text = pipeline.decode(&output.tokens[0])?;
+    eprintln!(
+        "[{} tokens, first after {:.2} s]",
+        output.tokens[0].len(),
+        output.prefill_seconds
+    );
+    Ok(text.trim().to_string())
+}

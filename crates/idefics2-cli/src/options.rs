@@ -1,0 +1,150 @@
+//! Flags shared by the subcommands: model location, device, precision, image and sampling
+//! settings.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::tensor::{DType, Device};
+use clap::{Args, ValueEnum};
+use idefics2::processor::ImageOptions;
+use idefics2::{DeviceChoice, Sampling, SamplingOptions, init_device};
+
+/// The model that ships in `assets/` and runs when `--model` is not given.
+pub const DEFAULT_MODEL: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-f32");
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory, or hub id such as HuggingFaceM4/idefics2-8b (from the HF cache, downloaded
+    /// when missing).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+}
+
+impl ModelArgs {
+    pub fn resolve(&self) -> Result<PathBuf> {
+        crate::hub::resolve_model(&self.model, &self.revision)
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    F16,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Float type of weights and activations (f16 needs a GPU with shader-f16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+}
+
+impl RuntimeArgs {
+    pub fn device(&self) -> Result<(Device, DType)> {
+        let device = init_device(match self.device {
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Gpu => DeviceChoice::Gpu,
+        })?;
+        let dtype = match self.dtype {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 if self.device == DeviceArg::Cpu => {
+                bail!("--dtype f16 needs --device gpu")
+            }
+            DtypeArg::F16 => DType::F16,
+        };
+        Ok((device, dtype))
+    }
+
+    pub fn label(&self) -> &'static str {
+        match (self.device, self.dtype) {
+            (DeviceArg::Cpu, _) => "cpu f32",
+            (DeviceArg::Gpu, DtypeArg::F32) => "gpu f32",
+            (DeviceArg::Gpu, DtypeArg::F16) => "gpu f16",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Split each image into 4 crops plus the original (default: the model's preprocessor config).
+    #[arg(long, value_enum)]
+    pub image_splitting: Option<OnOff>,
+    /// Resize so the longest edge is at most this many pixels.
+    #[arg(long)]
+    pub longest_edge: Option<u32>,
+    /// Resize so the shortest edge is at least this many pixels.
+    #[arg(long)]
+    pub shortest_edge: Option<u32>,
+}
+
+impl ImageArgs {
+    pub fn options(&self) -> ImageOptions {
+        ImageOptions {
+            do_image_splitting: self.image_splitting.map(|s| s == OnOff::On),
+            longest_edge: self.longest_edge,
+            shortest_edge: self.shortest_edge,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Maximum number of generated tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Greedy decoding (the default unless --temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k", "seed"])]
+    pub greedy: bool,
+    /// Sample with this temperature.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    #[arg(long, requires = "temperature")]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, requires = "temperature")]
+    pub top_k: Option<usize>,
+    /// Seed of the sampler.
+    #[arg(long, requires = "temperature")]
+    pub seed: Option<u64>,
+    /// Penalise tokens already in the context (1.0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> SamplingOptions {
+        let sampling = match self.temperature {
+            Some(temperature) if !self.greedy => Sampling::Sample {
+                temperature,
+                top_k: self.top_k.unwrap_or(0),
+                top_p: self.top_p.unwrap_or(1.0),
+                seed: self.seed.unwrap_or(0),
+            },
+            _ => Sampling::Greedy,
+        };
+        SamplingOptions {
+            sampling,
+            repetition_penalty: self.repetition_penalty,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The `idefics2` command line end to end on the fixture checkpoints: the token ids it prints
+//! equal transformers 4.54.1's (prompt ids from the reference processor, greedy ids from its
+//! generate), batches, chats, hub-cache resolution offline, and one-line errors.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+fn model(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+fn idefics2(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idefics2"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Reference ids of one case: (prompt ids without padding, greedy ids) per row.
+fn reference(checkpoint: &str, case: &str) -> Vec<(Vec<u64>, Vec<u64>)> {
+    let path = fixtures()
+        .join(checkpoint)
+        .join("reference")
+        .join(format!("{case}.safetensors"));
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: &str| -> (Vec<i64>, Vec<usize>) {
+        let view = tensors.tensor(name).unwrap();
+        let values = view
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (values, view.shape().to_vec())
+    };
+    let (ids, shape) = read("input_ids");
+    let (mask, _) = read("attention_mask");
+    let (greedy, gshape) = read("greedy_ids");
+    (0..shape[0])
+        .map(|row| {
+            let prompt = (0..shape[1])
+                .filter(|&i| mask[row * shape[1] + i] != 0)
+                .map(|i| ids[row * shape[1] + i] as u64)
+                .collect();
+            let generated = greedy[row * gshape[1]..(row + 1) * gshape[1]]
+                .iter()
+                .filter(|&&t| t >= 0)
+                .map(|&t| t as u64)
+                .collect();
+            (prompt, generated)
+        })
+        .collect()
+}
+
+fn ids(value: &Value, key: &str) -> Vec<u64> {
+    value[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+fn assert_matches_reference(line: &Value, expected: &(Vec<u64>, Vec<u64>)) {
+    assert_eq!(ids(line, "input_ids"), expected.0, "prompt ids");
+    assert_eq!(ids(line, "generated_ids"), expected.1, "greedy ids");
+    assert_eq!(line["logprobs"].as_array().unwrap().len(), expected.1.len());
+    for key in ["load", "preprocess", "prefill", "decode"] {
+        assert!(
+            line["timings"][key].as_f64().unwrap() >= 0.0,
+            "timings.{key}"
+        );
+    }
+    assert!(line["text"].is_string());
+}
+
+const ONE_IMAGE_PROMPT: &str = "User:<image>What is in this image?<end_of_utterance>\nAssistant:";
+
+#[test]
+fn raw_prompt_with_an_image_matches_the_reference_on_cpu() {
+    for checkpoint in ["tiny-f32", "tiny-bf16-sharded"] {
+        let out = idefics2(
+            &[
+                "generate",
+                "--model",
+                &model(checkpoint),
+                "--prompt",
+                ONE_IMAGE_PROMPT,
+                "--image",
+                &image("a.png"),
+                "--max-new-tokens",
+                "10",
+                "--json",
+            ],
+            &[],
+        );
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 1);
+        assert_matches_reference(&lines[0], &reference(checkpoint, "one_image")[0]);
+        assert_eq!(lines[0]["device"], "cpu f32");
+    }
+}
+
+#[test]
+fn streaming_prints_the_text_and_a_summary() {
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let json = json_lines(&idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ],
+        &[],
+    ));
+    let streamed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        streamed.trim_end_matches('\n'),
+        json[0]["text"].as_str().unwrap()
+    );
+    let summary = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        summary.contains("10 tokens")
+            && summary.contains("tok/s")
+            && summary.contains("first token"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn chat_messages_render_through_the_template() {
+    let dir = tempdir("chat");
+    let chat = dir.join("chat.json");
+    std::fs::write(
+        &chat,
+        r#"[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]"#,
+    )
+    .unwrap();
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--chat",
+            chat.to_str().unwrap(),
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ],
+        &[],
+    );
+    assert_matches_reference(&json_lines(&out)[0], &reference("tiny-f32", "one_image")[0]);
+}
+
+#[test]
+fn a_batch_runs_left_padded_and_prints_one_line_per_request() {
+    let dir = tempdir("batch");
+    let batch = dir.join("requests.jsonl");
+    let lines = [
+        serde_json::json!({"prompt": "User:<image>Describe it.<end_of_utterance>\nAssistant:", "images": [image("b.png")]}),
+        serde_json::json!({"prompt": "User:<image>and<image>What differs between these two pictures in detail?<end_of_utterance>\nAssistant:", "images": [image("a.png"), image("c.png")]}),
+    ];
+    std::fs::write(
+        &batch,
+        lines
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ],
+        &[],
+    );
+    let json = json_lines(&out);
+    let expected = reference("tiny-f32", "batch_left_pad");
+    assert_eq!(json.len(), 2);
+    for (line, want) in json.iter().zip(&expected) {
+        assert_matches_reference(line, want);
+    }
+}
+
+#[test]
+fn gpu_matches_the_reference() {
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+            "--device",
+            "gpu",
+        ],
+        &[],
+    );
+    let lines = json_lines(&out);
+    assert_matches_reference(&lines[0], &reference("tiny-f32", "one_image")[0]);
+    assert_eq!(lines[0]["device"], "gpu f32");
+}
+
+/// Lays out `models--org--tiny/{refs/main, snapshots/<commit>/...}` as the hub cache does.
+fn hub_cache(name: &str, skip: &[&str]) -> PathBuf {
+    let cache = tempdir(name);
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("models--org--tiny");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny-bf16-sharded")).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name();
+        if entry.path().is_file() && !skip.contains(&file.to_str().unwrap()) {
+            std::fs::copy(entry.path(), snapshot.join(&file)).unwrap();
+        }
+    }
+    cache
+}
+
+#[test]
+fn hub_ids_resolve_from_the_cache_offline() {
+    let cache = hub_cache("hub-ok", &[]);
+    let env = [
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            "org/tiny",
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ],
+        &env,
+    );
+    assert_matches_reference(
+        &json_lines(&out)[0],
+        &reference("tiny-bf16-sharded", "one_image")[0],
+    );
+    // HF_HOME/hub is the cache when HF_HUB_CACHE is unset.
+    let home = tempdir("hf-home");
+    std::fs::rename(&cache, home.join("hub")).unwrap();
+    let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+    let out = idefics2(&["check", "--model", "org/tiny"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cache = hub_cache("hub-missing", &["model-00002-of-00003.safetensors"]);
+    let env = [
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let err = fails(&["generate", "--model", "org/tiny", "--prompt", "hi"], &env);
+    assert!(
+        err.contains("HF_HUB_OFFLINE") && err.contains("model-00002-of-00003.safetensors"),
+        "{err}"
+    );
+    let err = fails(
+        &["generate", "--model", "org/other", "--prompt", "hi"],
+        &env,
+    );
+    assert!(err.contains("models--org--other"), "{err}");
+}
+
+/// Runs a failing command: non-zero exit, one `error:` line naming the problem, no panic.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = idefics2(args, env);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn bad_input_gives_one_clear_line() {
+    let m = model("tiny-f32");
+    let dir = tempdir("errors");
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            "/no/such.png",
+        ],
+        &[],
+    );
+    assert!(err.contains("/no/such.png"), "{err}");
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            corrupt.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("corrupt.png"), "{err}");
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "no placeholder",
+            "--image",
+            &image("a.png"),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("placeholder") || err.contains("<image>"),
+        "{err}"
+    );
+    let bad_json = dir.join("bad.json");
+    std::fs::write(&bad_json, "[{\"role\": ").unwrap();
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--chat",
+            bad_json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("bad.json"), "{err}");
+    let bad_batch = dir.join("bad.jsonl");
+    std::fs::write(&bad_batch, "{\"prompt\": \"a\"}\n{\"text\": 1}\n").unwrap();
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--batch",
+            bad_batch.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("bad.jsonl line 2"), "{err}");
+    let err = fails(
+        &["generate", "--model", "/no/model/dir", "--prompt", "hi"],
+        &[],
+    );
+    assert!(err.contains("/no/model/dir"), "{err}");
+    let empty_model = dir.join("empty-model");
+    std::fs::create_dir_all(&empty_model).unwrap();
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            empty_model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &[],
+    );
+    assert!(err.contains("config.json"), "{err}");
+    let err = fails(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "100000",
+        ],
+        &[],
+    );
+    assert!(err.contains("512"), "{err}");
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idefics2-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,108 @@
+//! Processor and model together: requests (raw prompts or chats, with images) in, a batched
+//! [`ModelInput`] out, and generated ids back to text. What every front end shares.
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device};
+use image::DynamicImage;
+
+use crate::config::GenerationConfig;
+use crate::error::{Error, Result};
+use crate::generate::GenerationOptions;
+use crate::model::{Idefics2, ModelInput};
+use crate::processor::{ChatMessage, Idefics2Processor, ImageOptions, ProcessedBatch};
+
+/// What the user asks: a raw prompt with `<image>` placeholders, or a chat rendered through the
+/// model's template with the generation prompt.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Raw(String),
+    Chat(Vec<ChatMessage>),
+}
+
+/// One prompt and its images, in placeholder order.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub images: Vec<DynamicImage>,
+}
+
+pub struct Pipeline {
+    pub processor: Idefics2Processor,
+    pub model: Idefics2,
+    pub generation: GenerationConfig,
+}
+
+impl Pipeline {
+    /// Loads a hub model directory: config, weights, processor files, generation config.
+    pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let processor = Idefics2Processor::from_model_dir(model_dir)?;
+        let model = Idefics2::load(model_dir, device, dtype)?;
+        let generation_path = model_dir.join("generation_config.json");
+        let generation = if generation_path.exists() {
+            GenerationConfig::from_file(&generation_path)?
+        } else {
+            GenerationConfig::default()
+        };
+        let pipeline = Self {
+            processor,
+            model,
+            generation,
+        };
+        pipeline.check_image_seq_len(model_dir)?;
+        Ok(pipeline)
+    }
+
+    fn check_image_seq_len(&self, model_dir: &Path) -> Result<()> {
+        let (processor, model) = (
+            self.processor.prompt.image_seq_len(),
+            self.model.image_seq_len(),
+        );
+        if processor != model {
+            return Err(Error::Config {
+                path: model_dir.join("processor_config.json"),
+                message: format!(
+                    "image_seq_len {processor} differs from the perceiver's {model} latents"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Generation defaults from `generation_config.json`.
+    pub fn generation_options(&self, max_new_tokens: usize) -> GenerationOptions {
+        GenerationOptions::from_generation_config(&self.generation, max_new_tokens)
+    }
+
+    /// Renders chats, tokenizes, preprocesses images: one left-padded batch.
+    pub fn prepare(&self, requests: &[Request], options: &ImageOptions) -> Result<ModelInput> {
+        let prompts = requests
+            .iter()
+            .map(|r| match &r.prompt {
+                Prompt::Raw(text) => Ok(text.clone()),
+                Prompt::Chat(messages) => self.processor.apply_chat_template(messages, true),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let images: Vec<Vec<DynamicImage>> = requests.iter().map(|r| r.images.clone()).collect();
+        let batch = self.processor.process(&prompts, &images, options)?;
+        Ok(model_input(batch))
+    }
+
+    /// Text of generated ids, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.processor.decode(ids, true)?)
+    }
+}
+
+/// Flattens the processor's rows into the model's `[batch, seq]` input.
+pub fn model_input(batch: ProcessedBatch) -> ModelInput {
+    let rows = batch.input_ids.len();
+    let seq = batch.input_ids.first().map_or(0, Vec::len);
+    ModelInput {
+        input_ids: batch.input_ids.into_iter().flatten().collect(),
+        attention_mask: batch.attention_mask.into_iter().flatten().collect(),
+        batch: rows,
+        seq,
+        pixels: batch.pixels,
+    }
+}
