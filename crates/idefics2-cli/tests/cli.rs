@@ -465,7 +465,13 @@ fn tempdir(name: &str) -> PathBuf {
 fn interactive_chat_streams_answers_and_keeps_history() {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_idefics2"))
-        .args(["chat", "--model", &model("tiny-f32"), "--max-new-tokens", "10"])
+        .args([
+            "chat",
+            "--model",
+            &model("tiny-f32"),
+            "--max-new-tokens",
+            "10",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -475,21 +481,45 @@ fn interactive_chat_streams_answers_and_keeps_history() {
         "/image {}\nWhat is in this image?\n/image /no/such.png\n/splitting on\nAnd now?\n/reset\n/bogus\n/quit\n",
         image("a.png")
     );
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     // The first answer is the reference's greedy continuation of the same chat.
     let json = json_lines(&idefics2(
-        &["generate", "--model", &model("tiny-f32"), "--prompt", ONE_IMAGE_PROMPT, "--image", &image("a.png"), "--max-new-tokens", "10", "--json"],
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ],
         &[],
     ));
     let first = json[0]["text"].as_str().unwrap();
     assert!(stdout.contains(first), "stdout {stdout:?} lacks {first:?}");
     // Two answers were produced (the second turn sees the history), errors kept the session alive.
     assert_eq!(stderr.matches("tokens, first after").count(), 2, "{stderr}");
-    assert!(stderr.contains("/no/such.png") && stderr.contains("image splitting on") && stderr.contains("history cleared"));
+    assert!(
+        stderr.contains("/no/such.png")
+            && stderr.contains("image splitting on")
+            && stderr.contains("history cleared")
+    );
     assert!(stderr.contains("unknown command /bogus"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
