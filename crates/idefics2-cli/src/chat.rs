@@ -10,7 +10,7 @@ use clap::Args;
 use idefics2::pipeline::{Pipeline, Prompt, Request};
 use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, IncrementalDecoder, load_image};
 
-use crate::options::{ImageArgs, ModelArgs, OnOff, RuntimeArgs, SamplingArgs};
+use crate::options::{ImageArgs, ModelArgs, OnOff, QuantArgs, RuntimeArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -18,6 +18,8 @@ pub struct ChatArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub quant: QuantArgs,
     #[command(flatten)]
     pub image: ImageArgs,
     #[command(flatten)]
@@ -27,7 +29,7 @@ pub struct ChatArgs {
 pub fn run(mut args: ChatArgs) -> Result<()> {
     let dir = args.model.resolve()?;
     let (device, dtype) = args.runtime.device()?;
-    let pipeline = Pipeline::load(&dir, &device, dtype)
+    let pipeline = Pipeline::load_quantized(&dir, &device, dtype, args.quant.policy()?)
         .with_context(|| format!("loading {}", dir.display()))?;
     eprintln!(
         "{} on {}. /image PATH, /reset, /splitting on|off, /quit",

@@ -9,17 +9,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use idefics2::pipeline::{Pipeline, Prompt, Request};
-use idefics2::processor::{ChatMessage, IncrementalDecoder, load_image};
+use idefics2::processor::{ChatMessage, ContentPart, IncrementalDecoder, load_image};
 use idefics2::{FinishReason, GenerationOutput};
 use serde::{Deserialize, Serialize};
 
-use crate::options::{ImageArgs, ModelArgs, RuntimeArgs, SamplingArgs};
+use crate::options::{ImageArgs, ModelArgs, QuantArgs, RuntimeArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("input").required(true).args(["prompt", "chat", "batch"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["ask", "prompt", "chat", "batch"])))]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A question about the --image files: one user turn (the images, then this text) through the
+    /// model's chat template.
+    #[arg(long)]
+    pub ask: Option<String>,
     /// Raw prompt with `<image>` placeholders (base-model style).
     #[arg(long)]
     pub prompt: Option<String>,
@@ -29,11 +33,13 @@ pub struct GenerateArgs {
     /// JSON lines: {"prompt": ..., "images": [...]} or {"messages": [...], "images": [...]}.
     #[arg(long)]
     pub batch: Option<PathBuf>,
-    /// Images for --prompt or --chat, in placeholder order.
+    /// Images for --ask, --prompt or --chat, in placeholder order.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub quant: QuantArgs,
     #[command(flatten)]
     pub image: ImageArgs,
     #[command(flatten)]
@@ -78,7 +84,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = args.model.resolve()?;
     let (device, dtype) = args.runtime.device()?;
     let start = Instant::now();
-    let pipeline = Pipeline::load(&dir, &device, dtype)
+    let pipeline = Pipeline::load_quantized(&dir, &device, dtype, args.quant.policy()?)
         .with_context(|| format!("loading {}", dir.display()))?;
     let load = start.elapsed().as_secs_f64();
 
@@ -191,6 +197,15 @@ fn read_requests(args: &GenerateArgs) -> Result<Vec<Request>> {
             .map(|p| load_image(p).map_err(anyhow::Error::from))
             .collect()
     };
+    if let Some(question) = &args.ask {
+        let images = load_images(&args.images)?;
+        let mut content = vec![ContentPart::Image; images.len()];
+        content.push(ContentPart::text(question));
+        return Ok(vec![Request {
+            prompt: Prompt::Chat(vec![ChatMessage::new("user", content)]),
+            images,
+        }]);
+    }
     if let Some(prompt) = &args.prompt {
         return Ok(vec![Request {
             prompt: Prompt::Raw(prompt.clone()),
@@ -208,7 +223,7 @@ fn read_requests(args: &GenerateArgs) -> Result<Vec<Request>> {
     let path = args
         .batch
         .as_ref()
-        .context("one of --prompt, --chat or --batch is required")?;
+        .context("one of --ask, --prompt, --chat or --batch is required")?;
     if !args.images.is_empty() {
         bail!("--image cannot be used with --batch: give each request's images in its JSON line");
     }

@@ -1,6 +1,7 @@
 //! `idefics2`: generate from prompts, chats or batches with images; chat in the terminal; check
 //! a checkpoint. All model logic lives in the `idefics2` library.
 
+mod bench;
 mod chat;
 mod generate;
 mod hub;
@@ -29,6 +30,11 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Check a model directory's config and tensors without loading weights.
     Check(options::ModelArgs),
+    /// Measure load, time to first token, prefill and decode speed.
+    Bench(bench::BenchArgs),
+    /// Write a copy of a model with its linear layers quantized (loads much faster than
+    /// quantizing at every start).
+    Quantize(QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Check(args) => check(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Quantize(args) => quantize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +56,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    #[command(flatten)]
+    model: options::ModelArgs,
+    #[command(flatten)]
+    quant: options::QuantArgs,
+    /// Directory to write (must not hold a model yet).
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
+    let dir = args.model.resolve()?;
+    let policy = args.quant.policy()?;
+    let start = std::time::Instant::now();
+    let summary = idefics2::quant_save::quantize_checkpoint(&dir, &args.out, policy)?;
+    println!(
+        "{}: {} linear layers as {}, {:.3} GB -> {:.3} GB in {:.1} s",
+        args.out.display(),
+        summary.quantized_layers,
+        policy.label(),
+        summary.input_bytes as f64 / 1e9,
+        summary.output_bytes as f64 / 1e9,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn check(args: options::ModelArgs) -> anyhow::Result<()> {

@@ -7,11 +7,14 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, Device};
 use clap::{Args, ValueEnum};
 use idefics2::processor::ImageOptions;
+use idefics2::quant::{QuantFormat, QuantPolicy};
 use idefics2::{DeviceChoice, Sampling, SamplingOptions, init_device};
 
 /// The model that ships in `assets/` and runs when `--model` is not given.
-pub const DEFAULT_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-f32");
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/idefics2-tiny-shapes"
+);
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -80,6 +83,58 @@ impl RuntimeArgs {
             (DeviceArg::Gpu, DtypeArg::F32) => "gpu f32",
             (DeviceArg::Gpu, DtypeArg::F16) => "gpu f16",
         }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantArg {
+    None,
+    Q8,
+    Q4,
+}
+
+/// Quantization of the linear layers at load (a checkpoint written by `idefics2 quantize` loads
+/// as saved).
+#[derive(Args, Debug, Clone)]
+pub struct QuantArgs {
+    /// Quantize the text model's and the connector's linear layers: 8 or 4 bits per weight,
+    /// one scale per group of input values (and a zero point for q4).
+    #[arg(long, value_enum, default_value = "none")]
+    pub quant: QuantArg,
+    /// Values per quantization group.
+    #[arg(long, default_value_t = 32)]
+    pub quant_group: usize,
+    /// Also quantize the vision encoder's linear layers.
+    #[arg(long)]
+    pub quant_vision: bool,
+    /// Also quantize the lm_head (when it is not tied to the embeddings).
+    #[arg(long)]
+    pub quant_head: bool,
+}
+
+impl QuantArgs {
+    pub fn policy(&self) -> Result<QuantPolicy> {
+        let group = self.quant_group;
+        let format = match self.quant {
+            QuantArg::None => {
+                if self.quant_vision || self.quant_head {
+                    bail!("--quant-vision and --quant-head need --quant q8 or q4");
+                }
+                None
+            }
+            QuantArg::Q8 => Some(QuantFormat::Q8 { group }),
+            QuantArg::Q4 => Some(QuantFormat::Q4 { group }),
+        };
+        if let Some(format) = format {
+            format
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--quant-group: {e}"))?;
+        }
+        Ok(QuantPolicy {
+            format,
+            vision: self.quant_vision,
+            head: self.quant_head,
+        })
     }
 }
 

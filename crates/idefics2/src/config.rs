@@ -119,6 +119,9 @@ pub struct Idefics2Config {
     pub perceiver_config: PerceiverConfig,
     #[serde(default = "default_text_config")]
     pub text_config: TextConfig,
+    /// Present in checkpoints written by `idefics2 quantize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<crate::quant::QuantizationConfig>,
 }
 
 impl Idefics2Config {

@@ -62,6 +62,12 @@ pub enum Error {
     GenerationOption(String),
     #[error("device error: {0}")]
     Device(String),
+    #[error("quantization: {0}")]
+    QuantConfig(String),
+    #[error("cannot quantize `{name}`: {message}")]
+    Quant { name: String, message: String },
+    #[error("synthetic model: {0}")]
+    Synthetic(String),
     #[error(transparent)]
     Processor(#[from] crate::processor::ProcessorError),
 }

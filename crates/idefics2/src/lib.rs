@@ -10,7 +10,10 @@ pub mod model;
 pub mod pipeline;
 pub mod pixels;
 pub mod processor;
+pub mod quant;
+pub mod quant_save;
 pub mod sampling;
+pub mod synthetic;
 pub mod weights;
 
 pub use config::{GenerationConfig, Idefics2Config};

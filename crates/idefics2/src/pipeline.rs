@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::generate::GenerationOptions;
 use crate::model::{Idefics2, ModelInput};
 use crate::processor::{ChatMessage, Idefics2Processor, ImageOptions, ProcessedBatch};
+use crate::quant::QuantPolicy;
 
 /// What the user asks: a raw prompt with `<image>` placeholders, or a chat rendered through the
 /// model's template with the generation prompt.
@@ -36,8 +37,19 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads a hub model directory: config, weights, processor files, generation config.
     pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_quantized(model_dir, device, dtype, QuantPolicy::NONE)
+    }
+
+    /// [`load`](Self::load) with linear layers quantized as `quant` says (see
+    /// [`Idefics2::load_quantized`]).
+    pub fn load_quantized(
+        model_dir: &Path,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+    ) -> Result<Self> {
         let processor = Idefics2Processor::from_model_dir(model_dir)?;
-        let model = Idefics2::load(model_dir, device, dtype)?;
+        let model = Idefics2::load_quantized(model_dir, device, dtype, quant)?;
         let generation_path = model_dir.join("generation_config.json");
         let generation = if generation_path.exists() {
             GenerationConfig::from_file(&generation_path)?

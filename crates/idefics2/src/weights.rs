@@ -12,6 +12,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result, ShapeMismatch};
+use crate::quant::{PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, packed_names};
 
 /// Where one tensor lives inside the mapped files.
 #[derive(Debug, Clone)]
@@ -104,6 +105,27 @@ impl WeightFiles {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// The stored dtype of `name`.
+    pub fn dtype(&self, name: &str) -> Option<StDtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// The stored bytes of `name`, as in the file.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let e = self.entries.get(name)?;
+        Some(&self.maps[e.file].1[e.start..e.end])
+    }
+
+    /// `name` decoded to f32 values (from F32, F16 or BF16).
+    pub fn f32_values(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| Error::Weights {
+            missing: vec![name.to_string()],
+            unexpected: Vec::new(),
+            mismatched: Vec::new(),
+        })?;
+        decode_f32(name, e.dtype, &self.maps[e.file].1[e.start..e.end])
+    }
+
     /// Total bytes of tensor data as stored.
     pub fn stored_bytes(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
@@ -154,9 +176,11 @@ fn decode_f32(name: &str, dtype: StDtype, bytes: &[u8]) -> Result<Vec<f32>> {
 ///
 /// In check mode it uploads nothing (it returns 1-element placeholders) and only records what is
 /// missing or misshapen, so a wrong checkpoint fails with one error listing every problem before
-/// any real allocation.
+/// any real allocation. Without files ([`TensorLoader::synthetic`]) it makes every tensor it is
+/// asked for from a seeded generator: random weights of any shape, for benchmarks.
 pub struct TensorLoader<'a> {
-    files: &'a WeightFiles,
+    files: Option<&'a WeightFiles>,
+    seed: u64,
     device: Device,
     dtype: DType,
     check_only: bool,
@@ -164,12 +188,19 @@ pub struct TensorLoader<'a> {
     missing: Vec<String>,
     mismatched: Vec<ShapeMismatch>,
     failure: Option<Error>,
+    uploaded_bytes: usize,
+    quant: QuantPolicy,
+    /// The checkpoint holds packed tensors (written by `idefics2 quantize`) rather than floats.
+    prequantized: bool,
+    /// Every linear layer the policy quantizes: (prefix, n_out, k_in, format).
+    quantized_layers: Vec<(String, usize, usize, QuantFormat)>,
 }
 
 impl<'a> TensorLoader<'a> {
     pub fn new(files: &'a WeightFiles, device: &Device, dtype: DType, check_only: bool) -> Self {
         Self {
-            files,
+            files: Some(files),
+            seed: 0,
             device: device.clone(),
             dtype,
             check_only,
@@ -177,6 +208,29 @@ impl<'a> TensorLoader<'a> {
             missing: Vec::new(),
             mismatched: Vec::new(),
             failure: None,
+            uploaded_bytes: 0,
+            quant: QuantPolicy::NONE,
+            prequantized: false,
+            quantized_layers: Vec::new(),
+        }
+    }
+
+    /// A loader that makes random weights (see [`synthetic_values`]) instead of reading files.
+    pub fn synthetic(device: &Device, dtype: DType, seed: u64) -> Self {
+        Self {
+            files: None,
+            seed,
+            device: device.clone(),
+            dtype,
+            check_only: false,
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+            mismatched: Vec::new(),
+            failure: None,
+            uploaded_bytes: 0,
+            quant: QuantPolicy::NONE,
+            prequantized: false,
+            quantized_layers: Vec::new(),
         }
     }
 
@@ -188,8 +242,27 @@ impl<'a> TensorLoader<'a> {
         self.dtype
     }
 
+    /// Quantize linear layers as `policy` says: from float tensors at load, or, with
+    /// `prequantized`, read the packed tensors the checkpoint holds.
+    pub fn with_quant(mut self, policy: QuantPolicy, prequantized: bool) -> Self {
+        self.quant = policy;
+        self.prequantized = prequantized;
+        self
+    }
+
+    /// The linear layers quantized so far: (prefix, n_out, k_in, format).
+    pub fn quantized_layers(&self) -> &[(String, usize, usize, QuantFormat)] {
+        &self.quantized_layers
+    }
+
+    /// Bytes of weights uploaded to the device so far.
+    pub fn uploaded_bytes(&self) -> usize {
+        self.uploaded_bytes
+    }
+
+    /// Whether the checkpoint holds `name` (a synthetic one holds only what the model asks for).
     pub fn contains(&self, name: &str) -> bool {
-        self.files.contains(name)
+        self.files.is_some_and(|files| files.contains(name))
     }
 
     /// The float tensor `name`, which must have `shape`.
@@ -206,7 +279,20 @@ impl<'a> TensorLoader<'a> {
     ) -> Tensor<D> {
         let placeholder = || Tensor::zeros([1; D], (&self.device, self.dtype));
         self.used.insert(name.to_string());
-        let Some(entry) = self.files.entries.get(name) else {
+        let Some(files) = self.files else {
+            let count: usize = stored.iter().product();
+            self.uploaded_bytes += count * self.dtype.size();
+            let values = synthetic_values(name, count, self.seed);
+            let data = match self.dtype {
+                DType::F16 => TensorData::new(
+                    values.into_iter().map(half::f16::from_f32).collect(),
+                    stored,
+                ),
+                _ => TensorData::new(values, stored),
+            };
+            return Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape);
+        };
+        let Some(entry) = files.entries.get(name) else {
             self.missing.push(name.to_string());
             return placeholder();
         };
@@ -227,13 +313,152 @@ impl<'a> TensorLoader<'a> {
         if self.check_only || self.failure.is_some() {
             return placeholder();
         }
-        match self.files.read(name, entry, self.dtype) {
-            Ok(data) => Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape),
+        match files.read(name, entry, self.dtype) {
+            Ok(data) => {
+                self.uploaded_bytes += data.num_elements() * self.dtype.size();
+                Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape)
+            }
             Err(e) => {
                 self.failure = Some(e);
                 placeholder()
             }
         }
+    }
+
+    /// Whether the policy quantizes linear layer `prefix`.
+    pub fn quantizes(&self, prefix: &str) -> bool {
+        self.quant.format_for(prefix).is_some()
+    }
+
+    /// A 1-element stand-in for a tensor that could not be loaded (the error is recorded).
+    pub fn placeholder<const D: usize>(&self) -> Tensor<D> {
+        Tensor::zeros([1; D], (&self.device, self.dtype))
+    }
+
+    /// The weight of linear layer `prefix` (`[n_out, k_in]`) quantized, when the policy
+    /// quantizes that layer; `None` otherwise, or when it could not be read (in check mode, or
+    /// with the problem recorded for [`finish`](Self::finish)).
+    pub fn quantized(
+        &mut self,
+        prefix: &str,
+        n_out: usize,
+        k_in: usize,
+    ) -> Option<QuantizedWeight> {
+        let format = self.quant.format_for(prefix)?;
+        self.quantized_layers
+            .push((prefix.to_string(), n_out, k_in, format));
+        let packed = if self.prequantized {
+            self.read_packed(prefix, n_out, k_in, format)?
+        } else {
+            let values = self.host_values(&format!("{prefix}.weight"), &[n_out, k_in])?;
+            match idefics2_kernels::quantize(&values, n_out, k_in, format) {
+                Ok(packed) => packed,
+                Err(e) => {
+                    self.failure.get_or_insert(Error::Quant {
+                        name: prefix.to_string(),
+                        message: e.to_string(),
+                    });
+                    return None;
+                }
+            }
+        };
+        match idefics2_kernels::upload(&packed, &self.device) {
+            Ok(weight) => {
+                self.uploaded_bytes +=
+                    4 * (packed.words.len() + packed.scales.len() + packed.zeros.len());
+                Some(weight)
+            }
+            Err(e) => {
+                self.failure.get_or_insert(Error::Quant {
+                    name: prefix.to_string(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// The packed tensors of `prefix` as `idefics2 quantize` wrote them.
+    fn read_packed(
+        &mut self,
+        prefix: &str,
+        n_out: usize,
+        k_in: usize,
+        format: QuantFormat,
+    ) -> Option<PackedWeight> {
+        let [qweight, scales, qzeros] = packed_names(prefix);
+        let groups = format.groups_per_row(k_in);
+        let words = self.host_words(&qweight, &[n_out, format.words_per_row(k_in)]);
+        let scales = self.host_values(&scales, &[n_out, groups]);
+        let zeros = if format.has_zero_point() {
+            self.host_values(&qzeros, &[n_out, groups])
+        } else {
+            Some(Vec::new())
+        };
+        Some(PackedWeight {
+            format,
+            n_out,
+            k_in,
+            words: words?,
+            scales: scales?,
+            zeros: zeros?,
+        })
+    }
+
+    /// Looks `name` up and checks its shape, recording what is wrong; `None` when it cannot be
+    /// read (or in check mode).
+    fn entry(&mut self, name: &str, shape: &[usize]) -> Option<(&'a WeightFiles, &'a Entry)> {
+        self.used.insert(name.to_string());
+        let files = self.files?;
+        let Some(entry) = files.entries.get(name) else {
+            self.missing.push(name.to_string());
+            return None;
+        };
+        if entry.shape != shape {
+            self.mismatched.push(ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+            return None;
+        }
+        (!self.check_only && self.failure.is_none()).then_some((files, entry))
+    }
+
+    /// A float tensor as f32 values on the host (synthetic ones are made here).
+    fn host_values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        if self.files.is_none() {
+            self.used.insert(name.to_string());
+            return Some(synthetic_values(name, shape.iter().product(), self.seed));
+        }
+        let (files, entry) = self.entry(name, shape)?;
+        let bytes = &files.maps[entry.file].1[entry.start..entry.end];
+        match decode_f32(name, entry.dtype, bytes) {
+            Ok(values) => Some(values),
+            Err(e) => {
+                self.failure = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Packed words (stored as I32 or U32) on the host.
+    fn host_words(&mut self, name: &str, shape: &[usize]) -> Option<Vec<u32>> {
+        let (files, entry) = self.entry(name, shape)?;
+        if !matches!(entry.dtype, StDtype::I32 | StDtype::U32) {
+            self.failure.get_or_insert(Error::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?} (packed words must be I32 or U32)", entry.dtype),
+            });
+            return None;
+        }
+        let bytes = &files.maps[entry.file].1[entry.start..entry.end];
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
     }
 
     /// Ends loading: an error naming every missing, unexpected and misshapen tensor, if any.
@@ -243,7 +468,8 @@ impl<'a> TensorLoader<'a> {
         }
         let unexpected: Vec<String> = self
             .files
-            .names()
+            .into_iter()
+            .flat_map(|files| files.names())
             .filter(|name| !self.used.contains(*name))
             .map(str::to_string)
             .collect();
@@ -257,4 +483,33 @@ impl<'a> TensorLoader<'a> {
             })
         }
     }
+}
+
+/// Random weights for tensor `name`: norm scales 1, biases 0, everything else uniform with
+/// standard deviation 0.02 (transformers' `initializer_range`), from SplitMix64 seeded by the
+/// seed and the name, so a tensor does not depend on the order it is asked for.
+pub fn synthetic_values(name: &str, count: usize, seed: u64) -> Vec<f32> {
+    let is_norm = name.contains("norm") && name.ends_with(".weight");
+    if is_norm {
+        return vec![1.0; count];
+    }
+    if name.ends_with(".bias") {
+        return vec![0.0; count];
+    }
+    // FNV-1a of the name, mixed with the seed.
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let half_width = 0.02 * 3f32.sqrt();
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let unit = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+            (2.0 * unit - 1.0) * half_width
+        })
+        .collect()
 }

@@ -4,13 +4,23 @@
 use burn::tensor::activation::{gelu, gelu_approximate, silu};
 use burn::tensor::{DType, Tensor};
 
+use idefics2_kernels::quant_matmul;
+
 use crate::config::Activation;
+use crate::quant::QuantizedWeight;
 use crate::weights::TensorLoader;
 
-/// `nn.Linear`: weight `[out, in]` as on the hub, optional bias `[out]`.
+/// The weight of a linear layer: float `[out, in]` as on the hub, or quantized.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Float(Tensor<2>),
+    Quantized(QuantizedWeight),
+}
+
+/// `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor<2>,
+    pub weight: LinearWeight,
     pub bias: Option<Tensor<1>>,
 }
 
@@ -22,19 +32,40 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Self {
-        let weight = loader.float(&format!("{prefix}.weight"), [out_features, in_features]);
+        let weight = if loader.quantizes(prefix) {
+            match loader.quantized(prefix, out_features, in_features) {
+                Some(weight) => LinearWeight::Quantized(weight),
+                None => LinearWeight::Float(loader.placeholder()),
+            }
+        } else {
+            LinearWeight::Float(
+                loader.float(&format!("{prefix}.weight"), [out_features, in_features]),
+            )
+        };
         let bias = bias.then(|| loader.float(&format!("{prefix}.bias"), [out_features]));
         Self { weight, bias }
+    }
+
+    pub fn float(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            weight: LinearWeight::Float(weight),
+            bias,
+        }
     }
 
     /// # Shapes
     /// `[batch, seq, in]` -> `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, in_features] = x.dims();
-        let out_features = self.weight.dims()[0];
-        let y = x
-            .reshape([batch * seq, in_features])
-            .matmul(self.weight.clone().transpose()); // [batch*seq, out]
+        let y = match &self.weight {
+            LinearWeight::Float(weight) => x
+                .reshape([batch * seq, in_features])
+                .matmul(weight.clone().transpose()), // [batch*seq, out]
+            LinearWeight::Quantized(weight) => {
+                quant_matmul(x.reshape([batch * seq, in_features]), weight)
+            }
+        };
+        let out_features = y.dims()[1];
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,

@@ -20,6 +20,7 @@ use crate::config::Idefics2Config;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::pixels::PixelBatch;
+use crate::quant::QuantPolicy;
 use crate::weights::{TensorLoader, WeightFiles};
 use attention::key_padding_mask;
 use connector::Connector;
@@ -41,6 +42,8 @@ pub struct Idefics2 {
     pub config: Idefics2Config,
     pub model: Idefics2Inner,
     pub lm_head: Linear,
+    /// Bytes of weights on the device.
+    pub weight_bytes: usize,
     device: Device,
     dtype: DType,
 }
@@ -110,11 +113,22 @@ impl ModelInput {
 impl Idefics2 {
     /// Loads `config.json` and the weights of a hub model directory.
     pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_quantized(model_dir, device, dtype, QuantPolicy::NONE)
+    }
+
+    /// [`load`](Self::load), quantizing linear layers as `quant` says. A checkpoint written
+    /// by `idefics2 quantize` loads as it was saved; asking it for another format is an error.
+    pub fn load_quantized(
+        model_dir: &Path,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+    ) -> Result<Self> {
         let config_path = model_dir.join("config.json");
         let config = Idefics2Config::from_file(&config_path)?;
         config.validate(&config_path)?;
         let files = WeightFiles::open(model_dir)?;
-        Self::from_files(config, &files, device, dtype)
+        Self::from_files_quantized(config, &files, device, dtype, quant)
     }
 
     /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
@@ -125,7 +139,13 @@ impl Idefics2 {
         config.validate(&config_path)?;
         let files = WeightFiles::open(model_dir)?;
         let device = Device::flex();
-        let mut check = TensorLoader::new(&files, &device, DType::F32, true);
+        let (policy, prequantized) =
+            Self::quant_policy(&config, QuantPolicy::NONE).map_err(|message| Error::Config {
+                path: config_path.clone(),
+                message,
+            })?;
+        let mut check =
+            TensorLoader::new(&files, &device, DType::F32, true).with_quant(policy, prequantized);
         Self::build(&config, &mut check, &device, DType::F32);
         check.finish()?;
         Ok((files.names().count(), files.stored_bytes()))
@@ -139,6 +159,52 @@ impl Idefics2 {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::from_files_quantized(config, files, device, dtype, QuantPolicy::NONE)
+    }
+
+    /// [`from_files`](Self::from_files) with a quantization policy (see
+    /// [`load_quantized`](Self::load_quantized)).
+    pub fn from_files_quantized(
+        config: Idefics2Config,
+        files: &WeightFiles,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+    ) -> Result<Self> {
+        Self::check_device(device, dtype)?;
+        let (policy, prequantized) =
+            Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
+        let mut check =
+            TensorLoader::new(files, device, dtype, true).with_quant(policy, prequantized);
+        Self::build(&config, &mut check, device, dtype);
+        check.finish()?;
+        let mut loader =
+            TensorLoader::new(files, device, dtype, false).with_quant(policy, prequantized);
+        let model = Self::build(&config, &mut loader, device, dtype);
+        loader.finish()?;
+        Ok(model)
+    }
+
+    /// The policy to load with, and whether the checkpoint is already quantized.
+    fn quant_policy(
+        config: &Idefics2Config,
+        asked: QuantPolicy,
+    ) -> std::result::Result<(QuantPolicy, bool), String> {
+        let Some(saved) = &config.quantization_config else {
+            return Ok((asked, false));
+        };
+        let policy = saved.policy()?;
+        if asked.format.is_some() && asked != policy {
+            return Err(format!(
+                "the checkpoint is already quantized as {}; load it without asking for {}",
+                policy.label(),
+                asked.label()
+            ));
+        }
+        Ok((policy, true))
+    }
+
+    pub(crate) fn check_device(device: &Device, dtype: DType) -> Result<()> {
         if !matches!(dtype, DType::F32 | DType::F16) {
             return Err(Error::Device(format!(
                 "unsupported float type {dtype:?}: use F32 or F16"
@@ -149,16 +215,10 @@ impl Idefics2 {
                 "{device:?} does not support {dtype:?}"
             )));
         }
-        let mut check = TensorLoader::new(files, device, dtype, true);
-        Self::build(&config, &mut check, device, dtype);
-        check.finish()?;
-        let mut loader = TensorLoader::new(files, device, dtype, false);
-        let model = Self::build(&config, &mut loader, device, dtype);
-        loader.finish()?;
-        Ok(model)
+        Ok(())
     }
 
-    fn build(
+    pub(crate) fn build(
         config: &Idefics2Config,
         loader: &mut TensorLoader,
         device: &Device,
@@ -171,10 +231,7 @@ impl Idefics2 {
             text_model: TextModel::load(loader, "model.text_model", text),
         };
         let lm_head = if config.tie_word_embeddings && !loader.contains("lm_head.weight") {
-            Linear {
-                weight: model.text_model.embed_tokens.clone(),
-                bias: None,
-            }
+            Linear::float(model.text_model.embed_tokens.clone(), None)
         } else {
             Linear::load(loader, "lm_head", text.hidden_size, text.vocab_size, false)
         };
@@ -182,6 +239,7 @@ impl Idefics2 {
             config: config.clone(),
             model,
             lm_head,
+            weight_bytes: loader.uploaded_bytes(),
             device: device.clone(),
             dtype,
         }

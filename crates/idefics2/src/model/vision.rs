@@ -57,17 +57,17 @@ impl VisionModel {
         let patch = config.patch_size;
         let channels = config.num_channels;
         let side = config.image_size / patch;
-        let patch_embedding = Linear {
-            weight: loader.float_as(
+        let patch_embedding = Linear::float(
+            loader.float_as(
                 &format!("{prefix}.embeddings.patch_embedding.weight"),
                 [hidden, channels, patch, patch],
                 [hidden, channels * patch * patch],
             ),
-            bias: Some(loader.float(
+            Some(loader.float(
                 &format!("{prefix}.embeddings.patch_embedding.bias"),
                 [hidden],
             )),
-        };
+        );
         let position_embedding = loader.float(
             &format!("{prefix}.embeddings.position_embedding.weight"),
             [side * side, hidden],

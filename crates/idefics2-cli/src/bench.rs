@@ -1,0 +1,203 @@
+//! `idefics2 bench`: end-to-end figures (load, time to first token with image splitting off and
+//! on, prefill and decode speed, accounted device memory) on a model directory or on random
+//! weights of a real architecture (`--synthetic idefics2-8b`).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use idefics2::pipeline::{Pipeline, Prompt, Request};
+use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, ImageOptions};
+use idefics2::synthetic::{PRESETS, preset_config};
+use serde::Serialize;
+
+use crate::options::{ModelArgs, QuantArgs, RuntimeArgs};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Random weights of a known architecture instead of --model (made in memory).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+    pub synthetic: Option<String>,
+    /// With --synthetic: keep only the first N decoder layers.
+    #[arg(long, requires = "synthetic")]
+    pub layers: Option<usize>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Side of the square test image, in pixels.
+    #[arg(long, default_value_t = 980)]
+    pub image_size: u32,
+    /// Tokens generated per run (the end-of-sequence tokens are ignored).
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Timed runs per setting, after one warm-up run (the first run of a shape compiles kernels).
+    #[arg(long, default_value_t = 2)]
+    pub runs: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    device: &'static str,
+    quant: String,
+    load_seconds: f64,
+    weight_bytes: usize,
+    settings: Vec<SettingReport>,
+}
+
+#[derive(Serialize)]
+struct SettingReport {
+    image_splitting: bool,
+    prompt_tokens: usize,
+    warmup_seconds: f64,
+    time_to_first_token_seconds: f64,
+    prefill_tokens_per_second: f64,
+    decode_tokens_per_second: f64,
+    kv_cache_bytes: usize,
+    accounted_peak_bytes: usize,
+}
+
+/// A deterministic test picture: colour gradients with a few bands, so that the image is not
+/// constant (a constant image would be no cheaper, but looks like a bug in a screenshot).
+fn test_image(side: u32) -> DynamicImage {
+    let image = image::RgbImage::from_fn(side, side, |x, y| {
+        let band = ((x / 70 + y / 70) % 2) as u8 * 60;
+        image::Rgb([
+            (x * 255 / side.max(1)) as u8,
+            (y * 255 / side.max(1)) as u8,
+            band + 100,
+        ])
+    });
+    DynamicImage::ImageRgb8(image)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (device, dtype) = args.runtime.device()?;
+    let start = Instant::now();
+    let (pipeline, model_name) = match &args.synthetic {
+        Some(name) => {
+            let config = preset_config(name, args.layers)?;
+            let label = match args.layers {
+                Some(n) => format!("synthetic {name} ({n} decoder layers)"),
+                None => format!("synthetic {name}"),
+            };
+            let pipeline = Pipeline::synthetic(config, &device, dtype, args.quant.policy()?, 0)?;
+            (pipeline, label)
+        }
+        None => {
+            let dir = args.model.resolve()?;
+            let pipeline = Pipeline::load_quantized(&dir, &device, dtype, args.quant.policy()?)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            (pipeline, dir.display().to_string())
+        }
+    };
+    let load_seconds = start.elapsed().as_secs_f64();
+    let request = Request {
+        prompt: Prompt::Chat(vec![ChatMessage::new(
+            "user",
+            vec![
+                ContentPart::Image,
+                ContentPart::text("Describe this image."),
+            ],
+        )]),
+        images: vec![test_image(args.image_size)],
+    };
+    let mut options = pipeline.generation_options(args.decode_tokens);
+    options.eos_token_ids.clear();
+    let text = &pipeline.model.config.text_config;
+    let mut settings = Vec::new();
+    for splitting in [false, true] {
+        let input = pipeline.prepare(
+            std::slice::from_ref(&request),
+            &ImageOptions {
+                do_image_splitting: Some(splitting),
+                ..ImageOptions::default()
+            },
+        )?;
+        let warmup = Instant::now();
+        pipeline
+            .model
+            .generate(&input, &options, |_| ControlFlow::Continue(()))?;
+        let warmup_seconds = warmup.elapsed().as_secs_f64();
+        let (mut prefill, mut decode, mut decoded) = (0.0, 0.0, 0usize);
+        for _ in 0..args.runs.max(1) {
+            let out = pipeline
+                .model
+                .generate(&input, &options, |_| ControlFlow::Continue(()))?;
+            prefill += out.prefill_seconds;
+            decode += out.decode_seconds;
+            decoded += out.tokens[0].len().saturating_sub(1);
+        }
+        let runs = args.runs.max(1) as f64;
+        let capacity = input.seq + args.decode_tokens;
+        let kv_cache_bytes = 2
+            * text.num_hidden_layers
+            * text.num_key_value_heads()
+            * text.head_dim()
+            * capacity
+            * dtype.size();
+        settings.push(SettingReport {
+            image_splitting: splitting,
+            prompt_tokens: input.seq,
+            warmup_seconds,
+            time_to_first_token_seconds: prefill / runs,
+            prefill_tokens_per_second: input.seq as f64 * runs / prefill,
+            decode_tokens_per_second: if decode > 0.0 {
+                decoded as f64 / decode
+            } else {
+                0.0
+            },
+            kv_cache_bytes,
+            accounted_peak_bytes: pipeline.model.weight_bytes + kv_cache_bytes,
+        });
+    }
+    let report = Report {
+        model: model_name,
+        device: args.runtime.label(),
+        quant: args.quant.policy()?.label(),
+        load_seconds,
+        weight_bytes: pipeline.model.weight_bytes,
+        settings,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report, args.image_size);
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report, image_size: u32) {
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "{} on {} ({}): loaded in {:.1} s, weights {:.2} GiB",
+        report.model,
+        report.device,
+        report.quant,
+        report.load_seconds,
+        gib(report.weight_bytes)
+    );
+    println!(
+        "| one {image_size}x{image_size} image | prompt tokens | time to first token | prefill tok/s | decode tok/s | accounted memory (weights + KV) | warm-up run |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for s in &report.settings {
+        println!(
+            "| splitting {} | {} | {:.3} s | {:.1} | {:.2} | {:.2} GiB | {:.1} s |",
+            if s.image_splitting { "on" } else { "off" },
+            s.prompt_tokens,
+            s.time_to_first_token_seconds,
+            s.prefill_tokens_per_second,
+            s.decode_tokens_per_second,
+            gib(s.accounted_peak_bytes),
+            s.warmup_seconds
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! What the wgpu adapter behind a device offers the hand-written kernels, read from the cubecl
+//! client's device properties (which cubecl fills from the adapter's limits and features).
+
+use burn::backend::DispatchDevice;
+use burn::cubecl::features::Plane;
+use burn::cubecl::ir::{ElemType, FloatKind};
+use burn::tensor::Device;
+
+/// Limits and features of a wgpu device that the kernels care about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuCaps {
+    /// The adapter's name (`llvmpipe (LLVM 15.0.6, 256 bits)` on lavapipe).
+    pub adapter: String,
+    /// The runtime's name; raw WGSL kernels run only where it compiles WGSL (`wgpu<wgsl>`).
+    pub runtime: &'static str,
+    /// Largest buffer one binding can see: `min(max_storage_buffer_binding_size, max_buffer_size)`.
+    pub max_binding_bytes: u64,
+    /// `max_compute_workgroup_storage_size`.
+    pub max_workgroup_storage_bytes: usize,
+    /// `max_compute_invocations_per_workgroup`.
+    pub max_workgroup_invocations: u32,
+    /// The device has `shader-f16` (f16 usable in shaders and buffers).
+    pub shader_f16: bool,
+    /// cubecl exposes subgroup operations (never on CPU adapters such as lavapipe, nor in
+    /// browsers today). The kernels here do not use them.
+    pub subgroups: bool,
+}
+
+impl WgpuCaps {
+    /// The capabilities of `device`, or `None` when it is not a wgpu device.
+    pub fn of(device: &Device) -> Option<Self> {
+        let DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) = device.as_dispatch()
+        else {
+            return None;
+        };
+        let client = cube.client();
+        let props = client.properties();
+        Some(Self {
+            adapter: props.identity.name.clone(),
+            runtime: client.name(),
+            max_binding_bytes: props.memory.max_page_size,
+            max_workgroup_storage_bytes: props.hardware.max_shared_memory_size,
+            max_workgroup_invocations: props.hardware.max_units_per_cube,
+            shader_f16: props.supports_type(ElemType::Float(FloatKind::F16)),
+            subgroups: props.features.plane.contains(Plane::Ops),
+        })
+    }
+
+    /// Whether the quantized-matmul kernels can run here: the runtime takes WGSL text and the
+    /// GEMM's 256-thread workgroup with 16 KiB of workgroup memory fits.
+    pub fn runs_quant_kernels(&self) -> bool {
+        self.runtime.contains("wgsl")
+            && self.max_workgroup_invocations >= 256
+            && self.max_workgroup_storage_bytes >= 16 * 1024
+    }
+}

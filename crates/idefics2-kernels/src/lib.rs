@@ -1,0 +1,29 @@
+//! Hand-written WGSL kernels for idefics2 on burn-wgpu, each beside a plain-burn reference that
+//! the CPU device runs and the tests compare against.
+//!
+//! Quantized matmul (`y = x W^T` with `W` stored in 8 or 4 bits per value, one scale per group of
+//! input values):
+//! ```rust,ignore
+//! let packed = quantize(&weight_f32, n_out, k_in, QuantFormat::Q4_32)?; // host
+//! let w = upload(&packed, &device)?;
+//! let y = quant_matmul(x, &w); // [..., k_in] -> [..., n_out]
+//! ```
+//! The WGSL sources live in the repository's `shaders/` folder.
+
+mod caps;
+mod error;
+mod format;
+mod quant_matmul;
+mod quantize;
+mod reference;
+mod weight;
+
+pub use caps::WgpuCaps;
+pub use error::QuantError;
+pub use format::QuantFormat;
+pub use quant_matmul::{
+    GEMV_MAX_ROWS, QuantMatmulBackend, quant_matmul, quant_matmul_kernel, uses_kernels,
+};
+pub use quantize::{PackedWeight, quantize};
+pub use reference::{dequantize_reference, quant_matmul_reference};
+pub use weight::{QuantizedWeight, upload};

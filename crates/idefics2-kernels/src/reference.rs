@@ -1,0 +1,49 @@
+//! The quantized matmul in plain burn ops: unpack the codes with integer ops, dequantize, then
+//! matmul. The CPU device runs this, and it is the oracle the WGSL kernels are tested against.
+
+use burn::tensor::{Int, Tensor};
+
+use crate::format::QuantFormat;
+use crate::weight::QuantizedWeight;
+
+/// The f32 weight `[n_out, k_in]` that `w` stands for.
+pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
+    let [n_out, _words_per_row] = w.words.dims();
+    let (bits, per_word, group) = (
+        w.format.bits(),
+        w.format.values_per_word(),
+        w.format.group(),
+    );
+    let groups = w.format.groups_per_row(w.k_in);
+    let mask = (1i64 << bits) - 1;
+    // Value i of every word, for each i: [n_out, words_per_row] each.
+    let codes: Vec<Tensor<2, Int>> = (0..per_word)
+        .map(|i| {
+            w.words
+                .clone()
+                .bitwise_right_shift_scalar((bits * i) as i64)
+                .bitwise_and_scalar(mask)
+        })
+        .collect();
+    let codes = Tensor::<2, Int>::stack::<3>(codes, 2) // [n_out, words_per_row, per_word]
+        .reshape([n_out, groups, group]); // [n_out, groups, group]
+    let codes = match w.format {
+        // Two's complement: 0..=255 -> -128..=127.
+        QuantFormat::Q8 { .. } => codes.bitwise_xor_scalar(0x80).sub_scalar(0x80),
+        QuantFormat::Q4 { .. } => codes,
+    };
+    let mut values = codes.float(); // [n_out, groups, group]
+    if let Some(zeros) = &w.zeros {
+        values = values - zeros.clone().reshape([n_out, groups, 1]);
+    }
+    let values = values * w.scales.clone().reshape([n_out, groups, 1]);
+    values
+        .reshape([n_out, groups * group]) // [n_out, k_padded]
+        .slice([0..n_out, 0..w.k_in]) // [n_out, k_in]
+}
+
+/// `x [m, k_in] @ dequantize(w)^T -> [m, n_out]`, in the dtype of `x`.
+pub fn quant_matmul_reference(x: Tensor<2>, w: &QuantizedWeight) -> Tensor<2> {
+    let weight = dequantize_reference(w).cast(x.dtype()); // [n_out, k_in]
+    x.matmul(weight.transpose()) // [m, n_out]
+}

@@ -1,0 +1,124 @@
+//! The WGSL kernels on a wgpu device (lavapipe in CI) against the plain-burn reference on the CPU
+//! device, for odd shapes and every format. One test function: the first wgpu run of a kernel
+//! is slow on lavapipe, so all cases share one process and one device.
+
+mod common;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use common::{Rng, relative_error};
+use idefics2_kernels::{
+    QuantFormat, WgpuCaps, quant_matmul, quant_matmul_kernel, quant_matmul_reference, quantize,
+    upload, uses_kernels,
+};
+
+const FORMATS: [QuantFormat; 3] = [
+    QuantFormat::Q8_32,
+    QuantFormat::Q4_32,
+    QuantFormat::Q4 { group: 128 },
+];
+const ROWS: [usize; 5] = [1, 3, 8, 17, 77];
+const K_IN: [usize; 4] = [72, 100, 128, 300];
+const N_OUT: [usize; 3] = [5, 96, 130];
+
+/// Largest tolerated `max |kernel - reference| / max |reference|`.
+const TOLERANCE: f64 = 1e-4;
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+}
+
+#[test]
+fn quant_matmul_kernels_match_the_reference() {
+    let gpu = Device::wgpu_options()
+        .init()
+        .expect("a wgpu adapter (lavapipe in CI)");
+    let cpu = Device::flex();
+    let caps = WgpuCaps::of(&gpu).expect("a wgpu device");
+    println!("{caps:?}");
+    assert!(caps.runs_quant_kernels(), "{caps:?}");
+
+    let mut rng = Rng::new(7);
+    let mut worst = (0.0f64, String::new());
+    for format in FORMATS {
+        for &k in &K_IN {
+            for &n in &N_OUT {
+                let weight = rng.values(n * k, 0.05);
+                let packed = quantize(&weight, n, k, format).expect("valid format");
+                let w_gpu = upload(&packed, &gpu).expect("upload");
+                let w_cpu = upload(&packed, &cpu).expect("upload");
+                for &m in &ROWS {
+                    let x = rng.values(m * k, 1.0);
+                    let data = TensorData::new(x, [m, k]);
+                    let x_gpu = Tensor::<2>::from_data(data.clone(), &gpu);
+                    assert!(uses_kernels(&x_gpu, &w_gpu));
+                    let got = to_vec(quant_matmul_kernel(x_gpu, &w_gpu));
+                    let want: Vec<f64> = to_vec(quant_matmul_reference(
+                        Tensor::from_data(data, &cpu),
+                        &w_cpu,
+                    ))
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
+                    let err = relative_error(&got, &want);
+                    let case = format!("{format:?} m {m} k {k} n {n}");
+                    assert!(err < TOLERANCE, "{case}: relative error {err:e}");
+                    if err > worst.0 {
+                        worst = (err, case);
+                    }
+                }
+            }
+        }
+    }
+    println!("worst relative error {:e} ({})", worst.0, worst.1);
+
+    routed_calls_match(&gpu, &cpu, &mut rng);
+}
+
+/// `quant_matmul` itself on the GPU: a 3-D f32 input (GEMM path), no rows at all, and an f16
+/// input (cast to f32 and back), against the reference.
+fn routed_calls_match(gpu: &Device, cpu: &Device, rng: &mut Rng) {
+    let (k, n) = (100, 130);
+    let packed = quantize(&rng.values(n * k, 0.05), n, k, QuantFormat::Q4_32).expect("valid");
+    let (w_gpu, w_cpu) = (
+        upload(&packed, gpu).expect("upload"),
+        upload(&packed, cpu).expect("upload"),
+    );
+    let data = TensorData::new(rng.values(2 * 9 * k, 1.0), [2, 9, k]);
+    let got = quant_matmul(Tensor::<3>::from_data(data.clone(), gpu), &w_gpu);
+    assert_eq!(got.dims(), [2, 9, n]);
+    let want = quant_matmul(Tensor::<3>::from_data(data, cpu), &w_cpu);
+    let want: Vec<f64> = to_vec(want.reshape([18, n]))
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let err = relative_error(&to_vec(got.reshape([18, n])), &want);
+    println!("3-D input: relative error {err:e}");
+    assert!(err < TOLERANCE, "3-D input: relative error {err:e}");
+
+    let empty = quant_matmul(
+        Tensor::<2>::from_data(TensorData::new(Vec::<f32>::new(), [0, k]), gpu),
+        &w_gpu,
+    );
+    assert_eq!(empty.dims(), [0, n]);
+    assert!(to_vec(empty).is_empty());
+
+    if gpu.supports_dtype(DType::F16) {
+        let data = TensorData::new(rng.values(3 * k, 1.0), [3, k]);
+        let x16 = Tensor::<2>::from_data(data.clone(), (gpu, DType::F16));
+        let got = quant_matmul(x16, &w_gpu);
+        assert_eq!(got.dtype(), DType::F16);
+        let x_rounded = Tensor::<2>::from_data(data, cpu)
+            .cast(DType::F16)
+            .cast(DType::F32);
+        let want: Vec<f64> = to_vec(quant_matmul_reference(x_rounded, &w_cpu))
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let err = relative_error(&to_vec(got.cast(DType::F32)), &want);
+        println!("f16 input: relative error {err:e}");
+        assert!(err < 2e-3, "f16 input: relative error {err:e}");
+    }
+}
