@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Timed runs per setting, after one warm-up run (the first run of a shape compiles kernels).
     #[arg(long, default_value_t = 2)]
     pub runs: usize,
+    /// Also measure the kernels (copy, quantized GEMV and GEMM, burn's matmul); default: on
+    /// a GPU device.
+    #[arg(long, value_enum)]
+    pub kernels: Option<crate::options::OnOff>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +54,7 @@ struct Report {
     load_seconds: f64,
     weight_bytes: usize,
     settings: Vec<SettingReport>,
+    kernels: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -158,6 +163,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             accounted_peak_bytes: pipeline.model.weight_bytes + kv_cache_bytes,
         });
     }
+    let measure_kernels = match args.kernels {
+        Some(choice) => choice == crate::options::OnOff::On,
+        None => idefics2_kernels::WgpuCaps::of(&device).is_some(),
+    };
+    let kernels = if measure_kernels {
+        if idefics2_kernels::WgpuCaps::of(&device).is_none() {
+            anyhow::bail!("--kernels on needs --device gpu");
+        }
+        idefics2_kernels::figures::measure(&device, Default::default(), 5)
+    } else {
+        Vec::new()
+    };
     let report = Report {
         model: model_name,
         device: args.runtime.label(),
@@ -165,11 +182,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         load_seconds,
         weight_bytes: pipeline.model.weight_bytes,
         settings,
+        kernels: kernels.iter().map(|k| k.to_json()).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_table(&report, args.image_size);
+        print_kernels(&kernels, &device);
     }
     Ok(())
 }
@@ -200,4 +219,30 @@ fn print_table(report: &Report, image_size: u32) {
             s.warmup_seconds
         );
     }
+}
+
+fn print_kernels(
+    kernels: &[idefics2_kernels::figures::KernelFigure],
+    device: &burn::tensor::Device,
+) {
+    if kernels.is_empty() {
+        return;
+    }
+    if let Some(caps) = idefics2_kernels::WgpuCaps::of(device) {
+        println!("\nkernels on {} ({}):", caps.adapter, caps.runtime);
+    }
+    println!("| kernel | shape | ms | GB/s | GFLOP/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    let fmt = |v: Option<f64>| v.map_or("".to_string(), |v| format!("{v:.1}"));
+    for k in kernels {
+        println!(
+            "| {} | {} | {:.3} | {} | {} |",
+            k.kernel,
+            k.shape,
+            k.milliseconds,
+            fmt(k.gb_per_s),
+            fmt(k.gflop_per_s)
+        );
+    }
+    println!("| flash attention | - | - | - | not written yet (issue 4) |");
 }

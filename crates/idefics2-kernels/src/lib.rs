@@ -11,7 +11,9 @@
 //! The WGSL sources live in the repository's `shaders/` folder.
 
 mod caps;
+mod copy;
 mod error;
+pub mod figures;
 mod format;
 mod quant_matmul;
 mod quantize;
@@ -19,6 +21,7 @@ mod reference;
 mod weight;
 
 pub use caps::WgpuCaps;
+pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{

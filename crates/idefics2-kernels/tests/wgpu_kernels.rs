@@ -7,8 +7,8 @@ mod common;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::{Rng, relative_error};
 use idefics2_kernels::{
-    QuantFormat, WgpuCaps, quant_matmul, quant_matmul_kernel, quant_matmul_reference, quantize,
-    upload, uses_kernels,
+    QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quant_matmul_kernel, quant_matmul_reference,
+    quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 3] = [
@@ -75,6 +75,21 @@ fn quant_matmul_kernels_match_the_reference() {
     println!("worst relative error {:e} ({})", worst.0, worst.1);
 
     routed_calls_match(&gpu, &cpu, &mut rng);
+    copy_copies(&gpu, &mut rng);
+}
+
+/// The bandwidth yardstick copies exactly, also when the grid has to stride (more vec4s than
+/// threads in the grid).
+fn copy_copies(gpu: &Device, rng: &mut Rng) {
+    for n in [4, 4 * 1000, 4 * 300_001] {
+        let x = rng.values(n, 1.0);
+        let t = Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), gpu);
+        let got = copy_kernel(t)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 data");
+        assert_eq!(got, x, "copy of {n} floats");
+    }
 }
 
 /// `quant_matmul` itself on the GPU: a 3-D f32 input (GEMM path), no rows at all, and an f16

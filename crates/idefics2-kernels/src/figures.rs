@@ -1,0 +1,158 @@
+//! Kernel figures for `idefics2 bench`: the copy kernel's bandwidth, the quantized GEMV's
+//! effective bandwidth beside it, and GEMM throughput, each next to burn's own f32 matmul on the
+//! same adapter. Times are wall-clock over several launches closed by one device sync.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use serde_json::{Value, json};
+
+use crate::copy::copy_kernel;
+use crate::format::QuantFormat;
+use crate::quant_matmul::quant_matmul;
+use crate::quantize::quantize;
+use crate::weight::upload;
+
+/// One measured kernel.
+#[derive(Debug, Clone)]
+pub struct KernelFigure {
+    pub kernel: String,
+    pub shape: String,
+    pub milliseconds: f64,
+    /// Bytes read and written per second (memory-bound kernels).
+    pub gb_per_s: Option<f64>,
+    /// Floating-point operations per second (GEMMs).
+    pub gflop_per_s: Option<f64>,
+}
+
+impl KernelFigure {
+    pub fn to_json(&self) -> Value {
+        json!({"kernel": self.kernel, "shape": self.shape, "ms": self.milliseconds,
+               "gb_per_s": self.gb_per_s, "gflop_per_s": self.gflop_per_s})
+    }
+}
+
+/// Shapes of the measurements: Mistral-7B's MLP projection for the GEMVs, a prefill of
+/// `gemm_rows` tokens through a 4096x4096 projection for the GEMMs.
+#[derive(Debug, Clone, Copy)]
+pub struct FigureShapes {
+    pub gemv_n: usize,
+    pub gemv_k: usize,
+    pub gemm_rows: usize,
+    pub gemm_nk: usize,
+    pub copy_floats: usize,
+}
+
+impl Default for FigureShapes {
+    fn default() -> Self {
+        Self {
+            gemv_n: 14336,
+            gemv_k: 4096,
+            gemm_rows: 256,
+            gemm_nk: 4096,
+            copy_floats: 16 << 20,
+        }
+    }
+}
+
+/// Mean milliseconds of `f` over `iters` launches after one warm-up (which compiles).
+fn time_ms<const D: usize>(device: &Device, iters: usize, f: impl Fn() -> Tensor<D>) -> f64 {
+    let warm = f();
+    drop(warm);
+    let _ = device.sync();
+    let start = Instant::now();
+    for _ in 0..iters {
+        let out = f();
+        drop(out);
+    }
+    let _ = device.sync();
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+fn weight(n: usize, k: usize) -> Vec<f32> {
+    (0..n * k)
+        .map(|i| ((i.wrapping_mul(7919) % 1000) as f32 / 1000.0 - 0.5) * 0.05)
+        .collect()
+}
+
+/// Measures the kernels on a wgpu `device`.
+pub fn measure(device: &Device, shapes: FigureShapes, iters: usize) -> Vec<KernelFigure> {
+    let mut figures = Vec::new();
+    let gb = |bytes: usize, ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+
+    let n = shapes.copy_floats;
+    let x = Tensor::<1>::random([n], Distribution::Uniform(-1.0, 1.0), device);
+    let ms = time_ms(device, iters, || copy_kernel(x.clone()));
+    figures.push(KernelFigure {
+        kernel: "copy (WGSL)".into(),
+        shape: format!("{} MiB", n * 4 >> 20),
+        milliseconds: ms,
+        gb_per_s: Some(gb(2 * 4 * n, ms)),
+        gflop_per_s: None,
+    });
+    drop(x);
+
+    let (gn, gk) = (shapes.gemv_n, shapes.gemv_k);
+    let values = weight(gn, gk);
+    let x1 = Tensor::<2>::random([1, gk], Distribution::Uniform(-1.0, 1.0), device);
+    for format in [QuantFormat::Q8_32, QuantFormat::Q4_32] {
+        let Ok(packed) = quantize(&values, gn, gk, format) else {
+            continue;
+        };
+        let Ok(w) = upload(&packed, device) else {
+            continue;
+        };
+        let bytes = 4 * (packed.words.len() + packed.scales.len() + packed.zeros.len() + gk + gn);
+        let ms = time_ms(device, iters, || quant_matmul(x1.clone(), &w));
+        figures.push(KernelFigure {
+            kernel: format!("{} GEMV (WGSL)", format.name()),
+            shape: format!("[1, {gk}] x [{gn}, {gk}]^T"),
+            milliseconds: ms,
+            gb_per_s: Some(gb(bytes, ms)),
+            gflop_per_s: None,
+        });
+    }
+    drop(values);
+    // burn's f32 matmul as GEMV, on a square weight that fits one binding everywhere.
+    let dense = Tensor::<2>::from_data(TensorData::new(weight(gk, gk), [gk, gk]), device);
+    let ms = time_ms(device, iters, || {
+        x1.clone().matmul(dense.clone().transpose())
+    });
+    figures.push(KernelFigure {
+        kernel: "f32 GEMV (burn matmul)".into(),
+        shape: format!("[1, {gk}] x [{gk}, {gk}]^T"),
+        milliseconds: ms,
+        gb_per_s: Some(gb(4 * (gk * gk + 2 * gk), ms)),
+        gflop_per_s: None,
+    });
+
+    let (m, nk) = (shapes.gemm_rows, shapes.gemm_nk);
+    let flops = 2.0 * (m * nk * nk) as f64;
+    let xm = Tensor::<2>::random([m, nk], Distribution::Uniform(-1.0, 1.0), device);
+    let dense = Tensor::<2>::from_data(TensorData::new(weight(nk, nk), [nk, nk]), device);
+    let ms = time_ms(device, iters, || {
+        xm.clone().matmul(dense.clone().transpose())
+    });
+    figures.push(KernelFigure {
+        kernel: "f32 GEMM (burn matmul)".into(),
+        shape: format!("[{m}, {nk}] x [{nk}, {nk}]^T"),
+        milliseconds: ms,
+        gb_per_s: None,
+        gflop_per_s: Some(flops / (ms * 1e-3) / 1e9),
+    });
+    let values = weight(nk, nk);
+    for format in [QuantFormat::Q8_32, QuantFormat::Q4_32] {
+        let Ok(w) = quantize(&values, nk, nk, format).and_then(|p| upload(&p, device)) else {
+            continue;
+        };
+        let ms = time_ms(device, iters, || quant_matmul(xm.clone(), &w));
+        figures.push(KernelFigure {
+            kernel: format!("{} GEMM (WGSL)", format.name()),
+            shape: format!("[{m}, {nk}] x [{nk}, {nk}]^T"),
+            milliseconds: ms,
+            gb_per_s: None,
+            gflop_per_s: Some(flops / (ms * 1e-3) / 1e9),
+        });
+    }
+    figures
+}
