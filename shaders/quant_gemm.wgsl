@@ -4,10 +4,11 @@
 //
 // Bindings (group 0, in launch order; cubecl appends the metadata uniform last):
 //   0 x        storage, read_write  array<f32>  [m, k_in] row-major
-//   1 words    storage, read_write  array<u32>  [n_out, words_per_row] packed codes
-//   2 scales   storage, read_write  array<f32>  [n_out, groups_per_row]
+//   1 words    storage, read_write  array<u32>  [words_per_row, n_pad] packed codes (transposed;
+//              n_pad = n_out rounded up to 4)
+//   2 scales   storage, read_write  array<f32>  [groups_per_row, n_pad] (transposed)
 //   3 out      storage, read_write  array<f32>  [m, n_out]
-//   4 zeros    storage, read_write  array<f32>  [n_out, groups_per_row]   (formats with a zero point)
+//   4 zeros    storage, read_write  array<f32>  [groups_per_row, n_pad]   (formats with a zero point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
@@ -31,7 +32,7 @@ struct Params {
     groups_per_row: u32,
     grid_x: u32,
     pad0: u32,
-    pad1: u32,
+    n_pad: u32,
 }
 
 const BM: u32 = 64u;
@@ -106,7 +107,8 @@ fn main(
             x_tile[kk * BM + row] = value;
         }
 
-        // w tile: each thread unpacks whole words; padding codes dequantize to exactly 0.
+        // w tile: each thread unpacks whole words (neighbouring threads read neighbouring columns
+        // of the transposed words: coalesced); padding codes dequantize to exactly 0.
         for (var l = 0u; l < W_LOADS; l++) {
             let idx = tid + l * THREADS;
             let col = idx % BN;
@@ -114,8 +116,8 @@ fn main(
             let n = n0 + col;
             let w = k0 / VALUES_PER_WORD + tile_word;
             if (n < n_out && w < params.words_per_row) {
-                let word = words[n * params.words_per_row + w];
-                let at = n * params.groups_per_row + w / GROUP_WORDS;
+                let word = words[w * params.n_pad + n];
+                let at = (w / GROUP_WORDS) * params.n_pad + n;
                 let scale = scales[at];
                 let zero = zero_point(at);
                 for (var i = 0u; i < VALUES_PER_WORD; i++) {

@@ -2,26 +2,32 @@
 // with w dequantized in registers from packed words; no float copy of w is ever written.
 //
 // Bindings (group 0, in launch order; cubecl appends the metadata uniform last):
-//   0 x        storage, read_write  array<f32>  [rows, k_in] row-major
-//   1 words    storage, read_write  array<u32>  [n_out, words_per_row] packed codes
-//   2 scales   storage, read_write  array<f32>  [n_out, groups_per_row]
-//   3 out      storage, read_write  array<f32>  [rows, n_out]
-//   4 zeros    storage, read_write  array<f32>  [n_out, groups_per_row]   (formats with a zero point)
+//   0 x        storage, read_write  array<f32> or array<vec4<f32>> (x_vec4)  [rows, k_in]
+//   1 words    storage, read_write  array<vec4<u32>>  [words_per_row, n_pad] packed codes,
+//              transposed: column n holds output row n's words; n_pad = n_out rounded up to 4
+//   2 scales   storage, read_write  array<vec4<f32>>  [groups_per_row, n_pad] (transposed)
+//   3 out      storage, read_write  array<f32>        [splits, rows, n_out] partial sums
+//   4 zeros    storage, read_write  array<vec4<f32>>  [groups_per_row, n_pad] (formats with a
+//              zero point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
-// Template parameters: rows (activation rows, 1..=8), cols (output columns per workgroup),
-// workgroup_size, bits, signed (true: two's-complement codes), group_words (words per group),
-// zero_point_binding (the zeros declaration or nothing), zero_point (expression for the zero point
-// at index `at`), params_binding.
+// Template parameters: workgroup_size, bits, signed (true: two's-complement codes), group_words
+// (words per group), x_binding and x_quad_body (x read as vec4s when k_in is a multiple of 4,
+// else as floats), zero_point_binding (the zeros declaration or nothing), and the code generated
+// for the number of rows: init (accumulators), group_init, word_body (one word, x unguarded),
+// word_body_tail (the last word when it runs past k_in), group_end, store.
 //
-// Workgroup: workgroup_size threads share `cols` output columns. Each thread walks the words of
-// those weight rows with a stride of workgroup_size (adjacent threads read adjacent words): it
-// loads the word's x values once for all columns, takes integer-code dot products and applies the
-// scale and zero point once per word, keeping rows x cols partial sums in registers; one barrier,
-// then rows x cols threads add up the partials.
-// Only the 1-D grid index matters: workgroups are numbered x + y * params.grid_x.
+// No workgroup memory, no barrier (barriers are very expensive on CPU implementations such as
+// lavapipe), no arrays indexed in loops (CPU compilers spill those): every thread owns 4 adjacent
+// output columns, n0..n0+4, for all rows, and reads them as one vec4 per packed word, so
+// neighbouring threads read neighbouring 16-byte words (coalesced). Each x value it loads serves
+// the 4 columns. It walks its slice of K (groups_per_split groups) keeping the sums in registers;
+// per group it takes the dot products of the integer codes with x, then applies the scale and the
+// zero point once:  sum_k x_k (q_k - zero) scale = scale (sum_k x_k q_k - zero sum_k x_k).
+// Grid: (column quads / workgroup_size, splits); slice s writes out[s, r, n], and the launcher
+// adds the slices up when there is more than one.
 
 struct Params {
     m: u32,
@@ -30,36 +36,53 @@ struct Params {
     words_per_row: u32,
     groups_per_row: u32,
     grid_x: u32,
-    pad0: u32,
-    pad1: u32,
+    groups_per_split: u32,
+    n_pad: u32,
 }
 
-const ROWS: u32 = {{rows}}u;
-const COLS: u32 = {{cols}}u;
 const WG: u32 = {{workgroup_size}}u;
 const BITS: u32 = {{bits}}u;
 const VALUES_PER_WORD: u32 = 32u / BITS;
 const SIGNED: bool = {{signed}};
 const GROUP_WORDS: u32 = {{group_words}}u;
 
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> words: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
+{{x_binding}}
+@group(0) @binding(1) var<storage, read_write> words: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> scales: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 {{zero_point_binding}}
 @group(0) @binding({{params_binding}}) var<uniform> params: Params;
 
-var<workgroup> partial: array<f32, ROWS * COLS * WG>;
-
-fn code(word: u32, i: u32) -> f32 {
+// Code i of each of 4 words, as floats.
+fn codes(w: vec4<u32>, i: u32) -> vec4<f32> {
     if (SIGNED) {
-        return f32(extractBits(bitcast<i32>(word), i * BITS, BITS));
+        let shifted = bitcast<vec4<i32>>(w << vec4<u32>(32u - BITS * (i + 1u)));
+        return vec4<f32>(shifted >> vec4<u32>(32u - BITS));
     }
-    return f32(extractBits(word, i * BITS, BITS));
+    let masked = (w >> vec4<u32>(BITS * i)) & vec4<u32>((1u << BITS) - 1u);
+    return vec4<f32>(bitcast<vec4<i32>>(masked));
 }
 
-fn zero_point(at: u32) -> f32 {
-    return {{zero_point}};
+// x[r, k..k + 4] for k a multiple of 4 inside the row.
+fn x_quad(r: u32, k: u32) -> vec4<f32> {
+    let at = r * params.k_in + k;
+    {{x_quad_body}}
+}
+
+// x[r, k..k + 4] with zeros past k_in (and no read past the end of x).
+fn x_quad_guarded(r: u32, k: u32) -> vec4<f32> {
+    let k_in = params.k_in;
+    if (k + 4u <= k_in) {
+        return x_quad(r, k);
+    }
+    let last = params.m * k_in - 1u;
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if (k + i < k_in) {
+            v[i] = x_scalar(min(r * k_in + k + i, last));
+        }
+    }
+    return v;
 }
 
 @compute @workgroup_size({{workgroup_size}}, 1, 1)
@@ -67,77 +90,47 @@ fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let n0 = (workgroup.x + workgroup.y * params.grid_x) * COLS;
+    let n_out = params.n_out;
     let k_in = params.k_in;
-    let words_used = (k_in + VALUES_PER_WORD - 1u) / VALUES_PER_WORD;
+    let quads = params.n_pad / 4u;
+    let quad = workgroup.x * WG + tid;
+    // Threads past the last quad read the last one (in bounds) and write nothing.
+    let q = min(quad, quads - 1u);
+    let split = workgroup.y;
+    let g_begin = split * params.groups_per_split;
+    let g_end = min(g_begin + params.groups_per_split, params.groups_per_row);
+    // Groups whose values all lie before k_in take x unguarded; the last one may not.
+    let full_groups = k_in / (GROUP_WORDS * VALUES_PER_WORD);
 
-    var acc: array<array<f32, ROWS>, COLS>;
-    for (var c = 0u; c < COLS; c++) {
-        for (var r = 0u; r < ROWS; r++) {
-            acc[c][r] = 0.0;
+{{init}}
+    for (var g = g_begin; g < min(g_end, full_groups); g++) {
+{{group_init}}
+        for (var gw = 0u; gw < GROUP_WORDS; gw++) {
+            let w = g * GROUP_WORDS + gw;
+            let k0 = w * VALUES_PER_WORD;
+            let word = words[w * quads + q];
+{{word_body}}
         }
+        let at = g * quads + q;
+        let scale = scales[at];
+{{group_end}}
+    }
+    for (var g = max(g_begin, full_groups); g < g_end; g++) {
+{{group_init}}
+        for (var gw = 0u; gw < GROUP_WORDS; gw++) {
+            let w = g * GROUP_WORDS + gw;
+            let k0 = w * VALUES_PER_WORD;
+            let word = words[w * quads + q];
+{{word_body_tail}}
+        }
+        let at = g * quads + q;
+        let scale = scales[at];
+{{group_end}}
     }
 
-    for (var w = tid; w < words_used; w += WG) {
-        // The x values this word multiplies, per row (0 past k_in), and their sums.
-        let k0 = w * VALUES_PER_WORD;
-        let valid = min(VALUES_PER_WORD, k_in - k0);
-        var xs: array<array<f32, VALUES_PER_WORD>, ROWS>;
-        var x_sum: array<f32, ROWS>;
-        for (var r = 0u; r < ROWS; r++) {
-            x_sum[r] = 0.0;
-            for (var i = 0u; i < VALUES_PER_WORD; i++) {
-                var value = 0.0;
-                if (i < valid) {
-                    value = x[r * k_in + k0 + i];
-                }
-                xs[r][i] = value;
-                x_sum[r] += value;
-            }
-        }
-        // sum_i x_i (q_i - zero) scale = scale (sum_i x_i q_i - zero sum_i x_i)
-        let group = w / GROUP_WORDS;
-        for (var c = 0u; c < COLS; c++) {
-            let n = n0 + c;
-            if (n < params.n_out) {
-                let word = words[n * params.words_per_row + w];
-                var dots: array<f32, ROWS>;
-                for (var r = 0u; r < ROWS; r++) {
-                    dots[r] = 0.0;
-                }
-                for (var i = 0u; i < VALUES_PER_WORD; i++) {
-                    let q = code(word, i);
-                    for (var r = 0u; r < ROWS; r++) {
-                        dots[r] += xs[r][i] * q;
-                    }
-                }
-                let at = n * params.groups_per_row + group;
-                let scale = scales[at];
-                let zero = zero_point(at);
-                for (var r = 0u; r < ROWS; r++) {
-                    acc[c][r] += scale * (dots[r] - zero * x_sum[r]);
-                }
-            }
-        }
-    }
-
-    for (var c = 0u; c < COLS; c++) {
-        for (var r = 0u; r < ROWS; r++) {
-            partial[(c * ROWS + r) * WG + tid] = acc[c][r];
-        }
-    }
-    workgroupBarrier();
-
-    if (tid < ROWS * COLS) {
-        let c = tid / ROWS;
-        let r = tid % ROWS;
-        let n = n0 + c;
-        if (n < params.n_out) {
-            var sum = 0.0;
-            for (var t = 0u; t < WG; t++) {
-                sum += partial[tid * WG + t];
-            }
-            out[r * params.n_out + n] = sum;
-        }
+    if (quad < quads) {
+        let base = split * params.m * n_out;
+        let n0 = 4u * quad;
+{{store}}
     }
 }

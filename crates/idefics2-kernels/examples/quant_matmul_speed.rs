@@ -1,38 +1,80 @@
 //! Rough speed of the quantized matmul kernels against burn's f32 matmul on the default wgpu
-//! adapter: `cargo run --release --example quant_matmul_speed [k_in n_out]`.
+//! adapter, with the copy kernel's bandwidth as the yardstick:
+//! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
+//! unless given).
+//!
+//! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
+//! the output, over the time.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use idefics2_kernels::{QuantFormat, quant_matmul, quantize, upload};
+use idefics2_kernels::{
+    GEMV_MAX_ROWS, QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quantize, upload,
+};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let (k_in, n_out) = match args.as_slice() {
-        [k, n] => (*k, *n),
-        _ => (2048, 2048),
+    let (k_in, n_out, rows_list) = match args.as_slice() {
+        [k, n] => (*k, *n, vec![1, 8, 128]),
+        [k, n, rows @ ..] => (*k, *n, rows.to_vec()),
+        _ => (2048, 2048, vec![1, 8, 128]),
     };
     let device = Device::wgpu_options().init().expect("a wgpu adapter");
+    let caps = WgpuCaps::of(&device).expect("a wgpu device");
+    println!("adapter: {}", caps.adapter);
+    let gb = |bytes: usize, ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+
+    let floats = 16usize << 20; // 64 MiB
+    let src = Tensor::<1>::random([floats], Distribution::Uniform(-1.0, 1.0), &device);
+    let copy_ms = time(&device, || copy_kernel(src.clone()).reshape([1, floats]));
+    let copy_gb = gb(2 * 4 * floats, copy_ms);
+    println!("copy 64 MiB: {copy_ms:.2} ms, {copy_gb:.2} GB/s (read + write)");
+    drop(src);
+
     let weight: Vec<f32> = (0..n_out * k_in)
         .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1)
         .collect();
-    let dense = Tensor::<2>::from_data(
-        burn::tensor::TensorData::new(weight.clone(), [n_out, k_in]),
-        &device,
-    )
-    .transpose();
-    for rows in [1usize, 8, 128] {
+    // burn's f32 matmul beside the kernels, when the f32 weight fits one binding.
+    let dense = (4 * (n_out * k_in) as u64 <= caps.max_binding_bytes).then(|| {
+        Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(weight.clone(), [n_out, k_in]),
+            &device,
+        )
+        .transpose()
+    });
+    let formats = [QuantFormat::Q8_32, QuantFormat::Q4_32];
+    let packed: Vec<_> = formats
+        .iter()
+        .map(|&format| quantize(&weight, n_out, k_in, format).expect("valid format"))
+        .collect();
+    let uploaded: Vec<_> = packed
+        .iter()
+        .map(|p| upload(p, &device).expect("upload"))
+        .collect();
+    for rows in rows_list {
         let x = Tensor::<2>::random([rows, k_in], Distribution::Uniform(-1.0, 1.0), &device);
-        let f32_ms = time(&device, || x.clone().matmul(dense.clone()));
-        let mut line = format!("[{rows} x {k_in}] x [{k_in} x {n_out}]: f32 matmul {f32_ms:.2} ms");
-        for format in [QuantFormat::Q8_32, QuantFormat::Q4_32] {
-            let packed = quantize(&weight, n_out, k_in, format).expect("valid format");
-            let w = upload(&packed, &device).expect("upload");
-            let ms = time(&device, || quant_matmul(x.clone(), &w));
-            line += &format!(", {} {ms:.2} ms", format.name());
+        let mut line = format!("[{rows} x {k_in}] x [{k_in} x {n_out}]:");
+        match &dense {
+            Some(dense) => {
+                let f32_ms = time(&device, || x.clone().matmul(dense.clone()));
+                line += &format!(" f32 matmul {f32_ms:.2} ms,");
+            }
+            None => line += " (f32 weight exceeds one binding),",
+        }
+        for ((format, p), w) in formats.iter().zip(&packed).zip(&uploaded) {
+            let ms = time(&device, || quant_matmul(x.clone(), w));
+            line += &format!(" {} {ms:.2} ms", format.name());
+            if rows <= GEMV_MAX_ROWS {
+                let bytes =
+                    4 * (p.words.len() + p.scales.len() + p.zeros.len() + rows * (k_in + n_out));
+                let rate = gb(bytes, ms);
+                line += &format!(" ({rate:.2} GB/s, {:.0}% of copy)", 100.0 * rate / copy_gb);
+            }
+            line += ";";
         }
         println!("{line}");
     }

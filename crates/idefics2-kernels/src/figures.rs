@@ -85,7 +85,7 @@ pub fn measure(device: &Device, shapes: FigureShapes, iters: usize) -> Vec<Kerne
     let ms = time_ms(device, iters, || copy_kernel(x.clone()));
     figures.push(KernelFigure {
         kernel: "copy (WGSL)".into(),
-        shape: format!("{} MiB", n * 4 >> 20),
+        shape: format!("{} MiB", (n * 4) >> 20),
         milliseconds: ms,
         gb_per_s: Some(gb(2 * 4 * n, ms)),
         gflop_per_s: None,

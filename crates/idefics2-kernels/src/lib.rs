@@ -25,8 +25,9 @@ pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{
-    GEMV_MAX_ROWS, QuantMatmulBackend, quant_matmul, quant_matmul_kernel, uses_kernels,
+    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_splits, quant_matmul, quant_matmul_kernel,
+    uses_kernels,
 };
 pub use quantize::{PackedWeight, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};
-pub use weight::{QuantizedWeight, upload};
+pub use weight::{QuantizedWeight, padded_n_out, upload};

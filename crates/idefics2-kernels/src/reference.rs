@@ -8,18 +8,33 @@ use crate::weight::QuantizedWeight;
 
 /// The f32 weight `[n_out, k_in]` that `w` stands for.
 pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
-    let [n_out, _words_per_row] = w.words.dims();
+    // The device tensors are transposed and padded ([words_per_row, n_pad], [groups, n_pad]):
+    // back to rows.
+    let n_out = w.n_out;
+    let [words_per_row, _n_pad] = w.words.dims();
+    let words = w
+        .words
+        .clone()
+        .slice([0..words_per_row, 0..n_out])
+        .transpose(); // [n_out, words_per_row]
     let (bits, per_word, group) = (
         w.format.bits(),
         w.format.values_per_word(),
         w.format.group(),
     );
     let groups = w.format.groups_per_row(w.k_in);
+    // [groups, n_pad] -> [n_out, groups, 1]
+    let per_group = |t: &Tensor<2>| {
+        t.clone()
+            .slice([0..groups, 0..n_out])
+            .transpose()
+            .reshape([n_out, groups, 1])
+    };
     let mask = (1i64 << bits) - 1;
     // Value i of every word, for each i: [n_out, words_per_row] each.
     let codes: Vec<Tensor<2, Int>> = (0..per_word)
         .map(|i| {
-            w.words
+            words
                 .clone()
                 .bitwise_right_shift_scalar((bits * i) as i64)
                 .bitwise_and_scalar(mask)
@@ -34,9 +49,9 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
     };
     let mut values = codes.float(); // [n_out, groups, group]
     if let Some(zeros) = &w.zeros {
-        values = values - zeros.clone().reshape([n_out, groups, 1]);
+        values = values - per_group(zeros);
     }
-    let values = values * w.scales.clone().reshape([n_out, groups, 1]);
+    let values = values * per_group(&w.scales);
     values
         .reshape([n_out, groups * group]) // [n_out, k_padded]
         .slice([0..n_out, 0..w.k_in]) // [n_out, k_in]

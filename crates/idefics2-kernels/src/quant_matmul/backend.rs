@@ -2,6 +2,7 @@
 //! lazy registration under Fusion, and the launcher that checks its inputs, picks the GEMV or the
 //! GEMM, fills the template and dispatches.
 
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, SourceKernel, into_contiguous};
 use burn::backend::{Backend, backend_extension};
@@ -12,13 +13,14 @@ use burn::tensor::{DType, Shape};
 
 use super::source::{GEMM_TILE, GEMV_COLS, GEMV_MAX_ROWS, GEMV_WORKGROUP, QuantGemm, QuantGemv};
 use crate::format::QuantFormat;
+use crate::weight::padded_n_out;
 
 /// Largest workgroup count along one grid dimension (WebGPU's default limit).
 const MAX_GRID_DIM: usize = 65_535;
 
-/// `x [m, k_in] (f32) @ dequantize(w)^T -> [m, n_out] (f32)`, w given as packed words
-/// `[n_out, words_per_row]` (u32 bit patterns in a 32-bit int tensor), scales
-/// `[n_out, groups_per_row]` and, for Q4, zero points `[n_out, groups_per_row]`.
+/// `x [m, k_in] (f32) @ dequantize(w)^T -> [m, n_out] (f32)`, w given in the device layout of
+/// [`crate::QuantizedWeight`]: packed words `[words_per_row, n_pad]` (u32 bit patterns in a 32-bit
+/// int tensor), scales `[groups_per_row, n_pad]` and, for Q4, zero points `[groups_per_row, n_pad]`.
 #[backend_extension(Cube, Fusion)]
 pub trait QuantMatmulBackend: Backend {
     #[fusion(dtype = DType::F32, shape = Shape::new([x[0], *n_out]))]
@@ -103,12 +105,13 @@ fn launch(
     let m = x.meta.shape()[0];
     let groups = format.groups_per_row(k_in);
     let words_per_row = format.words_per_row(k_in);
+    let n_pad = padded_n_out(n_out);
     assert_eq!(x.meta.shape().as_slice(), [m, k_in], "x must be [m, k_in]");
     assert_eq!(x.dtype, DType::F32, "x must be f32");
     assert_eq!(
         words.meta.shape().as_slice(),
-        [n_out, words_per_row],
-        "{format:?} words"
+        [words_per_row, n_pad],
+        "{format:?} words (transposed, padded)"
     );
     assert_eq!(words.dtype.size(), 4, "words must be a 32-bit int tensor");
     for (name, tensor) in
@@ -116,45 +119,67 @@ fn launch(
     {
         assert_eq!(
             tensor.meta.shape().as_slice(),
-            [n_out, groups],
-            "{format:?} {name}"
+            [groups, n_pad],
+            "{format:?} {name} (transposed, padded)"
         );
         assert_eq!(tensor.dtype, DType::F32, "{name} must be f32");
     }
 
     let client = x.client.clone();
+    let gemv = (1..=GEMV_MAX_ROWS).contains(&m);
+    // The GEMV's K slices, each with its partial sums [m, n_out] in `out`.
+    let (splits, groups_per_split) = if gemv {
+        let cpu = is_cpu_adapter(&client.properties().identity.name);
+        gemv_splits(m, n_out, k_in, groups, cpu)
+    } else {
+        (1, groups)
+    };
     let out = CubeTensor::new_contiguous(
         client.clone(),
         x.device.clone(),
-        Shape::new([m, n_out]),
-        client.empty(m * n_out * DType::F32.size()),
+        Shape::new([splits * m, n_out]),
+        client.empty(splits * m * n_out * DType::F32.size()),
         DType::F32,
     );
 
-    let (kernel, count, grid_x): (Box<dyn CubeKernel>, CubeCount, usize) =
-        if (1..=GEMV_MAX_ROWS).contains(&m) {
-            let blocks = n_out.div_ceil(GEMV_COLS);
-            let grid_x = blocks.min(MAX_GRID_DIM);
-            let grid_y = blocks.div_ceil(grid_x);
-            let kernel = QuantGemv { format, rows: m };
-            let cube_dim = CubeDim::new_1d(GEMV_WORKGROUP as u32);
-            let count = CubeCount::Static(grid_x as u32, grid_y as u32, 1);
-            (Box::new(SourceKernel::new(kernel, cube_dim)), count, grid_x)
-        } else {
-            let grid_x = n_out.div_ceil(GEMM_TILE);
-            let grid_y = m.div_ceil(GEMM_TILE);
-            assert!(
-                grid_x <= MAX_GRID_DIM && grid_y <= MAX_GRID_DIM,
-                "matmul too large: [{m}, {n_out}]"
-            );
-            let kernel = QuantGemm { format };
-            let cube_dim = CubeDim::new_2d(16, 16);
-            let count = CubeCount::Static(grid_x as u32, grid_y as u32, 1);
-            (Box::new(SourceKernel::new(kernel, cube_dim)), count, grid_x)
+    let (kernel, count, grid_x): (Box<dyn CubeKernel>, CubeCount, usize) = if gemv {
+        let grid_x = n_pad.div_ceil(GEMV_WORKGROUP * GEMV_COLS);
+        assert!(
+            grid_x <= MAX_GRID_DIM && splits <= MAX_GRID_DIM,
+            "GEMV too large: {n_out} columns"
+        );
+        let kernel = QuantGemv {
+            format,
+            rows: m,
+            x_vec4: k_in.is_multiple_of(4),
         };
+        let cube_dim = CubeDim::new_1d(GEMV_WORKGROUP as u32);
+        let count = CubeCount::Static(grid_x as u32, splits as u32, 1);
+        (Box::new(SourceKernel::new(kernel, cube_dim)), count, grid_x)
+    } else {
+        let grid_x = n_out.div_ceil(GEMM_TILE);
+        let grid_y = m.div_ceil(GEMM_TILE);
+        assert!(
+            grid_x <= MAX_GRID_DIM && grid_y <= MAX_GRID_DIM,
+            "matmul too large: [{m}, {n_out}]"
+        );
+        let kernel = QuantGemm { format };
+        let cube_dim = CubeDim::new_2d(16, 16);
+        let count = CubeCount::Static(grid_x as u32, grid_y as u32, 1);
+        (Box::new(SourceKernel::new(kernel, cube_dim)), count, grid_x)
+    };
 
-    let params = [m, n_out, k_in, words_per_row, groups, grid_x, 0, 0]
-        .map(|v| u32::try_from(v).expect("matmul dimensions fit in u32"));
+    let params = [
+        m,
+        n_out,
+        k_in,
+        words_per_row,
+        groups,
+        grid_x,
+        groups_per_split,
+        n_pad,
+    ]
+    .map(|v| u32::try_from(v).expect("matmul dimensions fit in u32"));
     let mut buffers = vec![
         x.handle.binding(),
         words.handle.binding(),
@@ -166,7 +191,57 @@ fn launch(
         .with_buffers(buffers)
         .with_info(MetadataBindingInfo::custom(pack_words(&params)));
     client.launch(kernel, count, arguments);
-    out
+    if splits == 1 {
+        return out;
+    }
+    // [splits, m, n_out] -> [m, n_out]
+    let out = CubeBackend::float_reshape(out, Shape::new([splits, m, n_out]));
+    let out = CubeBackend::float_sum_dim(out, 0);
+    CubeBackend::float_reshape(out, Shape::new([m, n_out]))
+}
+
+/// Splits forced on the GEMV (0: the rule of [`gemv_splits`]), for tests on CPU adapters.
+static FORCED_GEMV_SPLITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Forces the GEMV to cut K into (at most) `splits` slices, or back to the automatic rule with
+/// `None`: lets tests on a CPU adapter cover the multi-slice path that GPUs take.
+#[doc(hidden)]
+pub fn force_gemv_splits(splits: Option<usize>) {
+    FORCED_GEMV_SPLITS.store(splits.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Threads the GEMV aims for on a GPU: enough loads in flight to approach the memory bandwidth of
+/// large GPUs when the output alone has too few columns.
+const GEMV_TARGET_THREADS: usize = 32 * 1024;
+
+/// How the GEMV cuts K: `(splits, groups_per_split)`. One slice on CPU adapters (a few cores,
+/// plenty of columns per core; the extra pass would only cost). On GPUs, enough slices to reach
+/// [`GEMV_TARGET_THREADS`], as long as the partial sums (written and read back: `8 splits m n_out`
+/// bytes) stay small beside the weight (at least `k_in n_out / 2` bytes): `splits m <= k_in / 64`.
+fn gemv_splits(m: usize, n_out: usize, k_in: usize, groups: usize, cpu: bool) -> (usize, usize) {
+    let threads = n_out.div_ceil(GEMV_COLS);
+    let forced = FORCED_GEMV_SPLITS.load(std::sync::atomic::Ordering::SeqCst);
+    let wanted = if forced > 0 {
+        forced.min(groups).max(1)
+    } else if cpu {
+        1
+    } else {
+        GEMV_TARGET_THREADS
+            .div_ceil(threads)
+            .min(k_in / (64 * m))
+            .min(groups)
+            .max(1)
+    };
+    let groups_per_split = groups.div_ceil(wanted).max(1);
+    (groups.div_ceil(groups_per_split).max(1), groups_per_split)
+}
+
+/// Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader, WARP).
+fn is_cpu_adapter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader", "basic render"]
+        .iter()
+        .any(|cpu| name.contains(cpu))
 }
 
 /// Packs u32 values two per u64 in memory order: cubecl uploads the info words as their
@@ -191,5 +266,25 @@ mod tests {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         assert_eq!(back, [1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn gemv_splits_cover_every_group() {
+        // Mistral-7B's MLP on a GPU: up and down projections, one and eight rows.
+        assert_eq!(gemv_splits(1, 14336, 4096, 128, false), (10, 13));
+        assert_eq!(gemv_splits(8, 14336, 4096, 128, false), (8, 16));
+        assert_eq!(gemv_splits(1, 4096, 14336, 448, false), (32, 14));
+        // CPU adapters and tiny shapes: one slice.
+        assert_eq!(gemv_splits(1, 14336, 4096, 128, true), (1, 128));
+        assert_eq!(gemv_splits(3, 5, 72, 3, false), (1, 3));
+        for (m, n, k) in [(1usize, 5usize, 300usize), (8, 130, 4096), (2, 1, 100_000)] {
+            for group in [32, 128] {
+                let groups = k.div_ceil(group);
+                let (splits, per) = gemv_splits(m, n, k, groups, false);
+                assert!(splits * per >= groups && (splits - 1) * per < groups);
+            }
+        }
+        assert!(is_cpu_adapter("llvmpipe (LLVM 15.0.6, 256 bits)"));
+        assert!(!is_cpu_adapter("NVIDIA H100 80GB HBM3"));
     }
 }

@@ -5,19 +5,21 @@ use burn::cubecl::prelude::KernelId;
 
 use crate::format::QuantFormat;
 
-/// Output columns one GEMV workgroup computes.
+/// Output columns one GEMV thread computes (adjacent ones, read as one vec4 per packed word).
 pub(crate) const GEMV_COLS: usize = 4;
-/// Threads of one GEMV workgroup.
+/// Threads of one GEMV workgroup; a workgroup computes `GEMV_WORKGROUP * GEMV_COLS` columns.
 pub(crate) const GEMV_WORKGROUP: usize = 64;
 /// Most activation rows the GEMV handles; more go to the GEMM.
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Output tile of one GEMM workgroup (rows and columns).
 pub(crate) const GEMM_TILE: usize = 64;
 
-/// GEMV for `rows` activation rows (1..=[`GEMV_MAX_ROWS`]).
+/// GEMV for `rows` activation rows (1..=[`GEMV_MAX_ROWS`]); `x_vec4` when `k_in` is a multiple
+/// of 4 (x is then read as vec4s).
 pub(crate) struct QuantGemv {
     pub format: QuantFormat,
     pub rows: usize,
+    pub x_vec4: bool,
 }
 
 /// Tiled GEMM for any number of activation rows.
@@ -27,15 +29,35 @@ pub(crate) struct QuantGemm {
 
 impl KernelSource for QuantGemv {
     fn source(&self) -> SourceTemplate {
+        let (x_binding, x_quad_body) = if self.x_vec4 {
+            (
+                "@group(0) @binding(0) var<storage, read_write> x: array<vec4<f32>>;\n\
+                 fn x_scalar(i: u32) -> f32 { return x[i / 4u][i % 4u]; }",
+                "return x[at / 4u];",
+            )
+        } else {
+            (
+                "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
+                 fn x_scalar(i: u32) -> f32 { return x[i]; }",
+                "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
+            )
+        };
+        let code = GemvCode::new(self.format, self.rows);
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemv.wgsl"))
-            .register("rows", self.rows.to_string())
-            .register("cols", GEMV_COLS.to_string())
-            .register("workgroup_size", GEMV_WORKGROUP.to_string());
-        register_format(template, self.format)
+            .register("workgroup_size", GEMV_WORKGROUP.to_string())
+            .register("x_binding", x_binding)
+            .register("x_quad_body", x_quad_body)
+            .register("init", code.init())
+            .register("group_init", code.group_init())
+            .register("word_body", code.word_body(false))
+            .register("word_body_tail", code.word_body(true))
+            .register("group_end", code.group_end())
+            .register("store", code.store());
+        register_format(template, self.format, "vec4<f32>")
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.format, self.rows))
+        KernelId::new::<Self>().info((self.format, self.rows, self.x_vec4))
     }
 
     fn lang(&self) -> &'static str {
@@ -43,10 +65,111 @@ impl KernelSource for QuantGemv {
     }
 }
 
+/// The GEMV's statements written out row by row: every row's sums live in their own variables
+/// (`acc{r}`, `dot{r}`, `xsum{r}`; vec4s over the thread's 4 columns), so that no compiler has to
+/// unroll loops over arrays to keep them in registers.
+struct GemvCode {
+    rows: usize,
+    values_per_word: usize,
+    zero_point: bool,
+}
+
+const LANES: [&str; 4] = ["x", "y", "z", "w"];
+
+impl GemvCode {
+    fn new(format: QuantFormat, rows: usize) -> Self {
+        Self {
+            rows,
+            values_per_word: format.values_per_word(),
+            zero_point: format.has_zero_point(),
+        }
+    }
+
+    fn lines(&self, per_row: impl Fn(usize) -> String) -> String {
+        (0..self.rows).map(per_row).collect::<Vec<_>>().join("\n")
+    }
+
+    fn init(&self) -> String {
+        self.lines(|r| format!("    var acc{r} = vec4<f32>(0.0);"))
+    }
+
+    fn group_init(&self) -> String {
+        self.lines(|r| {
+            let mut line = format!("        var dot{r} = vec4<f32>(0.0);");
+            if self.zero_point {
+                line += &format!(" var xsum{r} = 0.0;");
+            }
+            line
+        })
+    }
+
+    /// One packed word (`word`, starting at `k0`): its x values per row, their sums (for the zero
+    /// point), the codes, and the products.
+    fn word_body(&self, guarded: bool) -> String {
+        let indent = "                ";
+        let quads = self.values_per_word / 4;
+        let load = if guarded { "x_quad_guarded" } else { "x_quad" };
+        let mut out = Vec::new();
+        for r in 0..self.rows {
+            for j in 0..quads {
+                out.push(format!(
+                    "{indent}let x{r}_{j} = {load}({r}u, k0 + {}u);",
+                    4 * j
+                ));
+            }
+            if self.zero_point {
+                let sum = (0..quads)
+                    .map(|j| format!("x{r}_{j}"))
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                out.push(format!("{indent}xsum{r} += dot({sum}, vec4<f32>(1.0));"));
+            }
+        }
+        for i in 0..self.values_per_word {
+            out.push(format!("{indent}let c{i} = codes(word, {i}u);"));
+            for r in 0..self.rows {
+                out.push(format!(
+                    "{indent}dot{r} += x{r}_{}.{} * c{i};",
+                    i / 4,
+                    LANES[i % 4]
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
+    fn group_end(&self) -> String {
+        let mut out = Vec::new();
+        if self.zero_point {
+            out.push("        let zero = zeros[at];".to_string());
+        }
+        for r in 0..self.rows {
+            out.push(if self.zero_point {
+                format!("        acc{r} += scale * (dot{r} - zero * xsum{r});")
+            } else {
+                format!("        acc{r} += scale * dot{r};")
+            });
+        }
+        out.join("\n")
+    }
+
+    fn store(&self) -> String {
+        let mut out = Vec::new();
+        for r in 0..self.rows {
+            for (c, lane) in LANES.iter().enumerate() {
+                out.push(format!(
+                    "        if (n0 + {c}u < n_out) {{ out[base + {r}u * n_out + n0 + {c}u] = acc{r}.{lane}; }}"
+                ));
+            }
+        }
+        out.join("\n")
+    }
+}
+
 impl KernelSource for QuantGemm {
     fn source(&self) -> SourceTemplate {
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemm.wgsl"));
-        register_format(template, self.format)
+        register_format(template, self.format, "f32")
     }
 
     fn id(&self) -> KernelId {
@@ -58,17 +181,26 @@ impl KernelSource for QuantGemm {
     }
 }
 
-/// The binding of the zeros buffer when the format has one (right after `out`).
-const ZEROS_BINDING: &str = "@group(0) @binding(4) var<storage, read_write> zeros: array<f32>;";
-
 /// Fills the template parameters both kernels share: code width and sign, group size, and the
-/// zero-point binding that only some formats have (which moves the metadata uniform, always the
+/// zero point that only some formats have (whose binding moves the metadata uniform, always the
 /// last binding, from 4 to 5).
-fn register_format(template: SourceTemplate, format: QuantFormat) -> SourceTemplate {
+/// `zeros_element` is the element type of the zeros array (`f32`, or `vec4<f32>` for the GEMV).
+fn register_format(
+    template: SourceTemplate,
+    format: QuantFormat,
+    zeros_element: &str,
+) -> SourceTemplate {
     let (zero_point_binding, zero_point, params_binding) = if format.has_zero_point() {
-        (ZEROS_BINDING, "zeros[at]", "5")
+        (
+            // Right after `out`.
+            format!(
+                "@group(0) @binding(4) var<storage, read_write> zeros: array<{zeros_element}>;"
+            ),
+            "zeros[at]",
+            "5",
+        )
     } else {
-        ("", "0.0", "4")
+        (String::new(), "0.0", "4")
     };
     template
         .register("bits", format.bits().to_string())
@@ -94,7 +226,13 @@ mod tests {
     #[test]
     fn templates_are_filled_completely() {
         for format in [QuantFormat::Q8_32, QuantFormat::Q4 { group: 128 }] {
-            let gemv = QuantGemv { format, rows: 3 }.source().complete();
+            let gemv = QuantGemv {
+                format,
+                rows: 3,
+                x_vec4: true,
+            }
+            .source()
+            .complete();
             let gemm = QuantGemm { format }.source().complete();
             for source in [&gemv, &gemm] {
                 assert!(!source.contains("{{"), "unfilled placeholder in\n{source}");
@@ -104,7 +242,7 @@ mod tests {
                     format.has_zero_point()
                 );
             }
-            assert!(gemv.contains("const ROWS: u32 = 3u;"));
+            assert!(gemv.contains("acc2") && !gemv.contains("acc3"));
             let group_words = format.group() / format.values_per_word();
             assert!(gemm.contains(&format!("const GROUP_WORDS: u32 = {group_words}u;")));
         }

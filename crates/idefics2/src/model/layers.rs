@@ -11,6 +11,8 @@ use crate::quant::QuantizedWeight;
 use crate::weights::TensorLoader;
 
 /// The weight of a linear layer: float `[out, in]` as on the hub, or quantized.
+// A few hundred of these exist per model; boxing either variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Float(Tensor<2>),
