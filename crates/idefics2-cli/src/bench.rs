@@ -104,6 +104,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let load_seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{model_name}: loaded in {load_seconds:.1} s ({:.2} GiB of weights)",
+        pipeline.model.weight_bytes as f64 / (1u64 << 30) as f64
+    );
     let request = Request {
         prompt: Prompt::Chat(vec![ChatMessage::new(
             "user",
@@ -148,6 +152,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             * text.head_dim()
             * capacity
             * dtype.size();
+        eprintln!(
+            "splitting {}: {} prompt tokens, first token after {:.3} s, decode {:.2} tok/s (warm-up {:.1} s)",
+            if splitting { "on" } else { "off" },
+            input.seq,
+            prefill / runs,
+            if decode > 0.0 { decoded as f64 / decode } else { 0.0 },
+            warmup_seconds
+        );
         settings.push(SettingReport {
             image_splitting: splitting,
             prompt_tokens: input.seq,
