@@ -157,7 +157,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             if splitting { "on" } else { "off" },
             input.seq,
             prefill / runs,
-            if decode > 0.0 { decoded as f64 / decode } else { 0.0 },
+            if decode > 0.0 {
+                decoded as f64 / decode
+            } else {
+                0.0
+            },
             warmup_seconds
         );
         settings.push(SettingReport {

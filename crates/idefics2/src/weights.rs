@@ -198,31 +198,27 @@ pub struct TensorLoader<'a> {
 
 impl<'a> TensorLoader<'a> {
     pub fn new(files: &'a WeightFiles, device: &Device, dtype: DType, check_only: bool) -> Self {
-        Self {
-            files: Some(files),
-            seed: 0,
-            device: device.clone(),
-            dtype,
-            check_only,
-            used: BTreeSet::new(),
-            missing: Vec::new(),
-            mismatched: Vec::new(),
-            failure: None,
-            uploaded_bytes: 0,
-            quant: QuantPolicy::NONE,
-            prequantized: false,
-            quantized_layers: Vec::new(),
-        }
+        Self::with_source(Some(files), 0, device, dtype, check_only)
     }
 
     /// A loader that makes random weights (see [`synthetic_values`]) instead of reading files.
     pub fn synthetic(device: &Device, dtype: DType, seed: u64) -> Self {
+        Self::with_source(None, seed, device, dtype, false)
+    }
+
+    fn with_source(
+        files: Option<&'a WeightFiles>,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+        check_only: bool,
+    ) -> Self {
         Self {
-            files: None,
+            files,
             seed,
             device: device.clone(),
             dtype,
-            check_only: false,
+            check_only,
             used: BTreeSet::new(),
             missing: Vec::new(),
             mismatched: Vec::new(),

@@ -9,20 +9,8 @@ use std::path::Path;
 
 use idefics2::{Error, Idefics2};
 
-const CONFIG: &str = r#"{
-  "architectures": ["Idefics2ForConditionalGeneration"],
-  "image_token_id": 32001,
-  "model_type": "idefics2",
-  "tie_word_embeddings": false,
-  "perceiver_config": {"hidden_act": "silu", "resampler_depth": 3, "resampler_head_dim": 96,
-    "resampler_n_heads": 16, "resampler_n_latents": 64, "num_key_value_heads": 4},
-  "text_config": {"vocab_size": 32003, "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-    "sliding_window": 4096, "pad_token_id": 0},
-  "vision_config": {"hidden_size": 1152, "image_size": 980, "intermediate_size": 4304,
-    "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14}
-}"#;
+/// The real idefics2-8b `config.json`.
+const CONFIG: &str = idefics2::synthetic::IDEFICS2_8B_CONFIG;
 
 /// Every tensor of idefics2-8b by its hub name, as the transformers state dict names them.
 fn hub_tensors() -> Vec<(String, Vec<usize>)> {

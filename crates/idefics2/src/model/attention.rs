@@ -147,8 +147,8 @@ mod tests {
         // 4 bytes x batch x heads x kv_len per row: room for 5 rows per block, 8 blocks.
         let blocked = attention_in_blocks(q, k, v, Some(mask), 0.3, 5 * 4 * batch * heads * kv_len);
         let (a, b): (Vec<f32>, Vec<f32>) = (
-            one.into_data().to_vec().unwrap_or_default(),
-            blocked.into_data().to_vec().unwrap_or_default(),
+            one.into_data().try_to_vec::<f32>().unwrap_or_default(),
+            blocked.into_data().try_to_vec::<f32>().unwrap_or_default(),
         );
         assert_eq!(a.len(), batch * heads * q_len * dim);
         assert_eq!(a.len(), b.len());
