@@ -43,6 +43,7 @@ from transformers import (
     Idefics2Processor,
 )
 from tokenizers import Tokenizer
+from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -52,7 +53,9 @@ assert transformers.__version__ == "4.54.1", transformers.__version__
 transformers.logging.set_verbosity_error()
 
 REPO = os.path.dirname(os.path.dirname(HERE))
-TOKENIZER_SRC = "/work/shared/reference/idefics2-tokenizer"
+TOKENIZER_SRC = os.environ.get("IDEFICS2_TOKENIZER", "/work/shared/reference/idefics2-tokenizer")
+# The shipped checkpoint is trained on the CPU; CUDA only speeds up experiments (TRAIN_DEVICE=cuda).
+DEV = torch.device(os.environ.get("TRAIN_DEVICE", "cpu"))
 DEFAULT_OUT = os.path.join(REPO, "assets", "idefics2-tiny-shapes")
 SAMPLES_DIR = os.path.join(REPO, "assets", "samples")
 
@@ -73,10 +76,10 @@ LONGEST_EDGE = 224  # = vision image_size: the 16x16 position grid covers the la
 SHORTEST_EDGE = 56  # a multiple of 14: thin images are stretched to whole patches
 
 VISION = dict(
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=3,
-    num_attention_heads=4,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=8,
     num_channels=3,
     image_size=LONGEST_EDGE,
     patch_size=14,
@@ -135,11 +138,17 @@ TRAIN = dict(
     split_frac=0.5,  # fraction of training examples with image splitting on
     jitter=20,  # colour jitter (per channel) of the training images
     latent_std=1.0,  # perceiver latents ~ N(0, latent_std) (transformers fills them with 1.0: all identical)
-    curriculum_steps=1000,  # the smallest shape size (fraction of the shorter side) goes linearly from
+    phase1_steps=500,  # first steps: only "What shape is this?" (learnt much more slowly in the mix)
+    phase1_split_frac=0.0,
+    curriculum_steps=1000,  # after phase 1, the smallest shape size (fraction of the shorter side) goes linearly from
     curriculum_min_frac=0.35,  # curriculum_min_frac to the task's 0.12 over the first curriculum_steps
+    geometric_frac=0.5,  # scenes re-rasterized by pixel centres (see rerender_geometric)
+    aux_weight=1.0,  # weight of the per-patch shape/colour loss on the vision encoder (see image_features)
+    scene_aux_weight=1.0,  # weight of the scene loss on the image tokens (see forward_loss)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
+CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 
 
 def build_config():
@@ -197,19 +206,27 @@ class Encoder:
             self.cache[key] = (f_ids, len(p_ids), targets)
         return self.cache[key]
 
-    def images(self, image, split):
-        """Per-image unpadded (pixel_values [3,h,w], pixel_mask [h,w]) as the processor makes them."""
+    def images(self, image, split, drawn):
+        """Per-image unpadded (pixel_values [3,h,w], pixel_mask [h,w], patch targets) as the processor makes
+        them (the crops of Idefics2ImageProcessor.split_image, then the whole image, when splitting)."""
         out = self.procs[split].image_processor([[image]], return_tensors="pt")
         pv, pm = out["pixel_values"][0], out["pixel_attention_mask"][0]
+        W, H = image.size
+        crops = [(0, 0, W, H)]
+        if split:
+            mw, mh = W // 2, H // 2
+            crops = [(0, 0, mw, mh), (mw, 0, W, mh), (0, mh, mw, H), (mw, mh, W, H), (0, 0, W, H)]
+        assert pv.shape[0] == len(crops)
+        labels = label_map(image.size, drawn)
         res = []
         for i in range(pv.shape[0]):
             h, w = int(pm[i, :, 0].sum()), int(pm[i, 0, :].sum())
             assert pm[i, :h, :w].all() and pm[i].sum() == h * w
-            res.append((pv[i, :, :h, :w], pm[i, :h, :w]))
+            res.append((pv[i, :, :h, :w], pm[i, :h, :w], patch_targets(labels, drawn, crops[i], h, w)))
         return res
 
 
-def scene_questions(rng, jitter, min_frac, p_single, p_count_single):
+def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None):
     """One training scene and the task's questions that apply to it: [(qkind, question, answer)].
 
     The vision encoder then runs once for several questions. One shape (probability p_single): the colour and
@@ -218,9 +235,11 @@ def scene_questions(rng, jitter, min_frac, p_single, p_count_single):
     n = 1 if rng.random() < p_single else rng.randint(2, 4)
     kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
     colors = [rng.choice(shapes.COLOR_NAMES) for _ in range(n)]
-    img, _ = shapes.draw_scene(
+    img, drawn = shapes.draw_scene(
         rng, kinds, colors, jitter=jitter, min_frac=min_frac, max_frac=max(min_frac, shapes.MAX_FRAC)
     )
+    if rng.random() < TRAIN["geometric_frac"]:
+        img = rerender_geometric(img, drawn)
     qa = []
     if n == 1:
         qa.append(("color", shapes.question_text("color"), colors[0]))
@@ -232,29 +251,115 @@ def scene_questions(rng, jitter, min_frac, p_single, p_count_single):
         for k in shapes.KINDS:
             if kinds.count(k) == 1:
                 qa.append(("color_of_kind", shapes.question_text("color_of_kind", k), colors[kinds.index(k)]))
-    return img, qa
+    if only is not None:
+        qa = [x for x in qa if x[0] in only]
+    return img, qa, drawn
 
 
-def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC):
-    """n_scenes scenes -> (seqs, imgs): seqs[i] = (ids, n_prompt, targets, qkind, image indices into imgs)."""
-    seqs, imgs = [], []
+def rerender_geometric(img, drawn):
+    """The same scene rasterized another way: a pixel is filled when its centre lies inside the exact
+    geometric shape (Pillow's scan conversion differs at the edges). The task defines shapes geometrically,
+    so the model should not depend on one rasterizer's edge pixels."""
+    a = np.array(img)
+    labels = label_map(img.size, drawn)
+    ys, xs = np.nonzero(labels == 0)
+    bg = a[ys[0], xs[0]].copy()
+    fills = []
+    for d in drawn:
+        x, y, s = d["box"]
+        fills.append(a[y + s // 2, x + s // 2].copy())  # the centre is inside every kind
+    a[labels > 0] = bg
+    for d, fill in zip(drawn, fills):
+        x, y, s = d["box"]
+        last = s - 1.0
+        py, px = np.mgrid[0:s, 0:s].astype(np.float64)
+        if d["kind"] == "square":
+            inside = np.ones((s, s), dtype=bool)
+        elif d["kind"] == "circle":
+            r = last / 2 + 0.5
+            inside = (px - last / 2) ** 2 + (py - last / 2) ** 2 <= r * r
+        else:  # apex up
+            inside = np.abs(px - last / 2) <= py / max(last, 1.0) * last / 2 + 0.5
+        a[y : y + s, x : x + s][inside] = fill
+    return Image.fromarray(a)
+
+
+def label_map(size, drawn):
+    """[h, w] uint8: 0 for the background, i + 1 where shape i was drawn (the same Pillow calls as shapes.py)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", size, 0)
+    d = ImageDraw.Draw(img)
+    for i, sh in enumerate(drawn):
+        x, y, s = sh["box"]
+        box = [x, y, x + s - 1, y + s - 1]
+        if sh["kind"] == "circle":
+            d.ellipse(box, fill=i + 1)
+        elif sh["kind"] == "square":
+            d.rectangle(box, fill=i + 1)
+        else:
+            d.polygon([(x + (s - 1) / 2, y), (x, y + s - 1), (x + s - 1, y + s - 1)], fill=i + 1)
+    return np.asarray(img)
+
+
+def patch_targets(labels, drawn, crop, h, w, patch=14):
+    """Auxiliary per-patch targets [h // patch, w // patch, 3] of one processed image of size h x w made from
+    the crop (x0, y0, x1, y1) of the original: the shape kind (0..3) and colour (0..6) under each patch centre
+    (0 = background), and 1 on the patch holding a shape's centre (one per shape: what counting needs)."""
+    x0, y0, x1, y1 = crop
+    gy, gx = h // patch, w // patch
+    ys = y0 + ((np.arange(gy) * patch + patch / 2) * (y1 - y0) / h).astype(np.int64)
+    xs = x0 + ((np.arange(gx) * patch + patch / 2) * (x1 - x0) / w).astype(np.int64)
+    idx = labels[np.minimum(ys, y1 - 1)][:, np.minimum(xs, x1 - 1)]
+    kind_of = np.array([0] + [1 + shapes.KINDS.index(d["kind"]) for d in drawn])
+    color_of = np.array([0] + [1 + shapes.COLOR_NAMES.index(d["color"]) for d in drawn])
+    centre = np.zeros((gy, gx), dtype=np.int64)
+    for d in drawn:
+        bx, by, bs = d["box"]
+        cx, cy = bx + bs / 2, by + bs / 2
+        if x0 <= cx < x1 and y0 <= cy < y1:
+            px = int((cx - x0) * w / (x1 - x0)) // patch
+            py = int((cy - y0) * h / (y1 - y0)) // patch
+            if px < gx and py < gy:
+                centre[py, px] = 1
+    return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre], -1))
+
+
+def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
+    """n_scenes scenes -> (seqs, imgs): seqs[i] = (ids, n_prompt, targets, qkind, image indices into imgs).
+
+    phase1: one-shape scenes and the shape question only. scenes[i] = (index of the scene's whole image in imgs,
+    scene targets: count - 1 and, per shape kind, 1 + the colour of the only shape of that kind or 0)."""
+    seqs, imgs, scenes = [], [], []
     for _ in range(n_scenes):
-        img, qa = scene_questions(rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"])
-        split = rng.random() < cfg["split_frac"]
+        if phase1:
+            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 1.0, 0.0, only=("shape",))
+            split = rng.random() < cfg["phase1_split_frac"]
+        else:
+            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"])
+            split = rng.random() < cfg["split_frac"]
         first = len(imgs)
-        imgs.extend(enc.images(img, split))
+        imgs.extend(enc.images(img, split, drawn))
         idx = list(range(first, len(imgs)))
         for qkind, question, ans in qa:
             ids, n_prompt, targets = enc.text(question, ans, split)
             seqs.append((ids, n_prompt, targets, qkind, idx))
-    return seqs, imgs
+        kinds = [d["kind"] for d in drawn]
+        color_of_kind = [
+            1 + shapes.COLOR_NAMES.index(drawn[kinds.index(k)]["color"]) if kinds.count(k) == 1 else 0
+            for k in shapes.KINDS
+        ]
+        scenes.append((idx[-1], [len(drawn) - 1] + color_of_kind))
+    return seqs, imgs, scenes
 
 
-def image_features(model, imgs, max_pad=1.25):
-    """Vision encoder + connector over a flat list of images, in order.
+def image_features(model, imgs, aux_head=None, max_pad=1.25):
+    """Vision encoder + connector over a flat list of images, in order -> (features, aux loss, aux accuracy).
 
     Images are grouped by size so that little padding is computed; the result is what
-    Idefics2Model.get_image_features gives for the padded batch (padding is masked out)."""
+    Idefics2Model.get_image_features gives for the padded batch (padding is masked out). With aux_head, the
+    vision encoder's output at every real patch also predicts the shape kind and colour under the patch centre
+    (training only: that dense signal teaches the encoder to see shapes far sooner than the answers alone)."""
     order = sorted(range(len(imgs)), key=lambda i: (imgs[i][0].shape[1], imgs[i][0].shape[2]))
     groups, cur = [], []
     for i in order:
@@ -270,27 +375,69 @@ def image_features(model, imgs, max_pad=1.25):
     if cur:
         groups.append(cur)
     feats = [None] * len(imgs)
+    aux_logits, aux_tgt = [], []
+    ps = model.config.vision_config.patch_size
     for g in groups:
         hmax = max(imgs[j][0].shape[1] for j in g)
         wmax = max(imgs[j][0].shape[2] for j in g)
-        pv = torch.zeros(1, len(g), 3, hmax, wmax)
-        pm = torch.zeros(1, len(g), hmax, wmax, dtype=torch.long)
+        pv = torch.zeros(len(g), 3, hmax, wmax)
+        pm = torch.zeros(len(g), hmax, wmax, dtype=torch.long)
+        tgt = torch.full((len(g), hmax // ps, wmax // ps, 3), -100, dtype=torch.long)
         for k, j in enumerate(g):
-            p, m = imgs[j]
-            pv[0, k, :, : p.shape[1], : p.shape[2]] = p
-            pm[0, k, : m.shape[0], : m.shape[1]] = m
-        f = model.model.get_image_features(pv, pm).view(len(g), N_LATENTS, -1)
+            p, m, t = imgs[j]
+            pv[k, :, : p.shape[1], : p.shape[2]] = p
+            pm[k, : m.shape[0], : m.shape[1]] = m
+            tgt[k, : t.shape[0], : t.shape[1]] = t
+        pv, pm = pv.to(DEV), pm.to(DEV)
+        # as Idefics2Model.get_image_features (no padding images here)
+        sub = pm.unfold(1, ps, ps).unfold(2, ps, ps)
+        patch_mask = (sub.sum(dim=(-1, -2)) == ps * ps).bool()
+        hidden = model.model.vision_model(pixel_values=pv, patch_attention_mask=patch_mask).last_hidden_state
+        f = model.model.connector(hidden, attention_mask=patch_mask.view(len(g), -1))
         for k, j in enumerate(g):
             feats[j] = f[k]
-    return torch.cat(feats, 0)
+        if aux_head is not None:
+            aux_logits.append(aux_head(hidden).flatten(0, 1))
+            aux_tgt.append(tgt.flatten(0, 2))
+    feats = torch.cat(feats, 0)
+    if aux_head is None:
+        return feats, None, None
+    logits, tgt = torch.cat(aux_logits).float(), torch.cat(aux_tgt).to(DEV)
+    n_kind, n_col = 1 + len(shapes.KINDS), 1 + len(shapes.COLOR_NAMES)
+    loss = (
+        F.cross_entropy(logits[:, :n_kind], tgt[:, 0])
+        + F.cross_entropy(logits[:, n_kind : n_kind + n_col], tgt[:, 1])
+        + F.cross_entropy(logits[:, n_kind + n_col :], tgt[:, 2], weight=CENTRE_WEIGHTS.to(logits.device))
+    )
+    with torch.no_grad():
+        real = tgt[:, 0] >= 0
+        shape_px = real & (tgt[:, 0] > 0)
+        acc = (logits[:, :n_kind].argmax(-1) == tgt[:, 0])[shape_px].float().mean().item()
+    return feats, loss, acc
 
 
-def forward_loss(model, seqs, imgs):
-    """Cross-entropy on the answer tokens and the following <end_of_utterance> only.
+def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
+    """Cross-entropy on the answer tokens and the following <end_of_utterance> only, plus two auxiliary losses
+    (training only, the heads are not saved): the per-patch loss of image_features, and a scene loss on the
+    connector's output for each whole image (its 16 image tokens, flattened, predict the number of shapes and
+    the colour of the only circle / square / triangle). Both give dense signal where the answers give one token.
 
     Sequences are right-padded (positions stay 0..n-1, as in unpadded generation) in two groups of similar
     length (prompts with 1 or 5 images) so that little padding is computed."""
-    feats = image_features(model, imgs).view(len(imgs), N_LATENTS, -1)
+    heads = heads or {}
+    feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"))
+    feats = feats.view(len(imgs), N_LATENTS, -1)
+    scene_loss = None
+    if "scene" in heads:
+        which = torch.tensor([sc[0] for sc in scenes], device=DEV)
+        st = torch.tensor([sc[1] for sc in scenes], device=DEV)
+        sl = heads["scene"](feats[which].flatten(1)).float()
+        n_count, n_col = 4, 1 + len(shapes.COLOR_NAMES)
+        scene_loss = F.cross_entropy(sl[:, :n_count], st[:, 0])
+        for k in range(len(shapes.KINDS)):
+            scene_loss = scene_loss + F.cross_entropy(sl[:, n_count + k * n_col : n_count + (k + 1) * n_col], st[:, 1 + k])
+        with torch.no_grad():
+            scene_count_acc = (sl[:, :n_count].argmax(-1) == st[:, 0]).float().mean().item()
     groups = {}
     for s in seqs:
         groups.setdefault(len(s[4]), []).append(s)
@@ -311,17 +458,25 @@ def forward_loss(model, seqs, imgs):
                 first.append(word)
                 if word:
                     kinds.append(qkind)
-        f = torch.cat([feats[torch.tensor(s[4])].flatten(0, 1) for s in group], 0)
-        out = model.model(input_ids=ids, attention_mask=am, image_hidden_states=f, use_cache=False)
-        hs.append(out.last_hidden_state[torch.tensor(rows), torch.tensor(cols)])
+        f = torch.cat([feats[torch.tensor(s[4], device=DEV)].flatten(0, 1) for s in group], 0)
+        out = model.model(input_ids=ids.to(DEV), attention_mask=am.to(DEV), image_hidden_states=f, use_cache=False)
+        hs.append(out.last_hidden_state[torch.tensor(rows, device=DEV), torch.tensor(cols, device=DEV)])
     logits = model.lm_head(torch.cat(hs, 0)).float()
-    tgt = torch.tensor(tgt)
+    tgt = torch.tensor(tgt, device=DEV)
     loss = F.cross_entropy(logits, tgt)
     with torch.no_grad():
-        ok = (logits.argmax(-1) == tgt)[torch.tensor(first)].tolist()
+        ok = (logits.argmax(-1) == tgt)[torch.tensor(first, device=DEV)].tolist()
         word_ok = {}
         for qkind, o in zip(kinds, ok):
             word_ok.setdefault(qkind, []).append(o)
+        if aux_loss is not None:
+            word_ok["patch"] = [aux_acc]
+        if scene_loss is not None:
+            word_ok["scene_count"] = [scene_count_acc]
+    if aux_loss is not None:
+        loss = loss + cfg["aux_weight"] * aux_loss
+    if scene_loss is not None:
+        loss = loss + cfg["scene_aux_weight"] * scene_loss
     return loss, word_ok
 
 
@@ -475,16 +630,24 @@ def lr_at(step, cfg):
     return cfg["lr"] * (cfg["min_lr_frac"] + (1 - cfg["min_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg, log_every=25):
+def train(cfg, log_every=25, max_seconds=None):
     torch.manual_seed(cfg["seed"])
     rng = random.Random(cfg["seed"])
     model = Idefics2ForConditionalGeneration(build_config())
     init_weights(model, cfg)
+    model.to(DEV)
     model.train()
+    heads = {}
+    if cfg["aux_weight"] > 0:
+        heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2)
+    if cfg["scene_aux_weight"] > 0:
+        heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], 4 + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
+    heads = {k: h.to(DEV) for k, h in heads.items()}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params} ({n_params * 2 / 1e6:.1f} MB in bf16)", flush=True)
     groups = {}
-    for n, p in model.named_parameters():
+    named = list(model.named_parameters()) + [x for k, h in heads.items() for x in h.named_parameters(k)]
+    for n, p in named:
         emb = n.endswith("embed_tokens.weight")
         decay = p.ndim >= 2 and "latents" not in n and not emb
         groups.setdefault((emb, decay), []).append(p)
@@ -500,14 +663,18 @@ def train(cfg, log_every=25):
     t0 = time.time()
     run_loss, run_ok, t_data = 0.0, {}, 0.0
     for step in range(cfg["steps"]):
+        if max_seconds is not None and time.time() - t0 > max_seconds:
+            print(f"stopped at step {step}: time limit", flush=True)
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg) * g["lr_mult"]
         td = time.time()
-        c = cfg["curriculum_min_frac"]
-        min_frac = max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * step / max(1, cfg["curriculum_steps"]))
-        seqs, imgs = make_batch(enc, rng, cfg["scenes_per_batch"], cfg, min_frac)
+        phase1 = step < cfg["phase1_steps"]
+        c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
+        min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
+        seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], cfg, min_frac, phase1)
         t_data += time.time() - td
-        loss, word_ok = forward_loss(model, seqs, imgs)
+        loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -517,7 +684,7 @@ def train(cfg, log_every=25):
             run_ok.setdefault(k, []).extend(v)
         if (step + 1) % log_every == 0:
             el = time.time() - t0
-            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS if k in run_ok)
+            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
@@ -525,6 +692,7 @@ def train(cfg, log_every=25):
                 flush=True,
             )
             run_loss, run_ok = 0.0, {}
+    model.to("cpu")
     return model, time.time() - t0
 
 
@@ -535,6 +703,8 @@ def main():
     ap.add_argument("--eval-n", type=int, default=EVAL["n_per_kind"])
     ap.add_argument("--eval-only", default=None, help="evaluate a saved checkpoint directory and exit")
     ap.add_argument("--no-samples", action="store_true")
+    ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3")
+    ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
     args = ap.parse_args()
     torch.set_num_threads(TRAIN["threads"])
@@ -548,13 +718,19 @@ def main():
             sample_answers(model, procs)
         return
 
+    for kv in args.arch:
+        k, v = kv.split("=", 1)
+        part, key = k.split(".", 1)
+        table = {"vision": VISION, "perceiver": PERCEIVER, "text": TEXT}[part]
+        assert key in table, k
+        table[key] = type(table[key])(v)
     cfg = dict(TRAIN, steps=args.steps)
     for kv in args.set:
         k, v = kv.split("=", 1)
         assert k in cfg, k
         cfg[k] = type(cfg[k])(float(v)) if isinstance(cfg[k], (int, float)) else v
     print("train config:", json.dumps(cfg), flush=True)
-    model, train_s = train(cfg)
+    model, train_s = train(cfg, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"training time: {train_s:.0f} s ({train_s / 60:.1f} min)", flush=True)
 
     save_checkpoint(model, args.out)
