@@ -118,34 +118,33 @@ impl WeightFiles {
 
     /// `name` decoded to f32 values (from F32, F16 or BF16).
     pub fn f32_values(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self.entries.get(name).ok_or_else(|| Error::Weights {
-            missing: vec![name.to_string()],
-            unexpected: Vec::new(),
-            mismatched: Vec::new(),
-        })?;
-        decode_f32(name, e.dtype, &self.maps[e.file].1[e.start..e.end])
+        let (Some(dtype), Some(bytes)) = (self.dtype(name), self.bytes(name)) else {
+            return Err(Error::Weights {
+                missing: vec![name.to_string()],
+                unexpected: Vec::new(),
+                mismatched: Vec::new(),
+            });
+        };
+        decode_f32(name, dtype, bytes)
     }
 
     /// Total bytes of tensor data as stored.
     pub fn stored_bytes(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
     }
+}
 
-    /// Converts one stored tensor to `dtype` (F32 or F16) on the host.
-    fn read(&self, name: &str, entry: &Entry, dtype: DType) -> Result<TensorData> {
-        let bytes = &self.maps[entry.file].1[entry.start..entry.end];
-        let values = decode_f32(name, entry.dtype, bytes)?;
-        let shape = entry.shape.clone();
-        Ok(match dtype {
-            DType::F16 => TensorData::new(
-                values
-                    .into_iter()
-                    .map(half::f16::from_f32)
-                    .collect::<Vec<_>>(),
-                shape,
-            ),
-            _ => TensorData::new(values, shape),
-        })
+/// f32 values as host data of the runtime float type (F32, or F16 converted here).
+fn host_data(values: Vec<f32>, shape: Vec<usize>, dtype: DType) -> TensorData {
+    match dtype {
+        DType::F16 => TensorData::new(
+            values
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect::<Vec<_>>(),
+            shape,
+        ),
+        _ => TensorData::new(values, shape),
     }
 }
 
@@ -273,52 +272,12 @@ impl<'a> TensorLoader<'a> {
         stored: [usize; S],
         shape: [usize; D],
     ) -> Tensor<D> {
-        let placeholder = || Tensor::zeros([1; D], (&self.device, self.dtype));
-        self.used.insert(name.to_string());
-        let Some(files) = self.files else {
-            let count: usize = stored.iter().product();
-            self.uploaded_bytes += count * self.dtype.size();
-            let values = synthetic_values(name, count, self.seed);
-            let data = match self.dtype {
-                DType::F16 => TensorData::new(
-                    values.into_iter().map(half::f16::from_f32).collect(),
-                    stored,
-                ),
-                _ => TensorData::new(values, stored),
-            };
-            return Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape);
+        let Some(values) = self.host_values(name, &stored) else {
+            return self.placeholder();
         };
-        let Some(entry) = files.entries.get(name) else {
-            self.missing.push(name.to_string());
-            return placeholder();
-        };
-        if entry.shape != stored {
-            self.mismatched.push(ShapeMismatch {
-                name: name.to_string(),
-                expected: stored.to_vec(),
-                found: entry.shape.clone(),
-            });
-            return placeholder();
-        }
-        if !matches!(entry.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16) {
-            self.failure.get_or_insert(Error::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: format!("{:?}", entry.dtype),
-            });
-        }
-        if self.check_only || self.failure.is_some() {
-            return placeholder();
-        }
-        match files.read(name, entry, self.dtype) {
-            Ok(data) => {
-                self.uploaded_bytes += data.num_elements() * self.dtype.size();
-                Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape)
-            }
-            Err(e) => {
-                self.failure = Some(e);
-                placeholder()
-            }
-        }
+        self.uploaded_bytes += values.len() * self.dtype.size();
+        let data = host_data(values, stored.to_vec(), self.dtype);
+        Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape)
     }
 
     /// Whether the policy quantizes linear layer `prefix`.
@@ -401,9 +360,16 @@ impl<'a> TensorLoader<'a> {
         })
     }
 
-    /// Looks `name` up and checks its shape, recording what is wrong; `None` when it cannot be
+    /// Looks `name` up and checks its shape and stored dtype (one of `dtypes`, else an error
+    /// whose dtype text ends with `expected`), recording what is wrong; `None` when it cannot be
     /// read (or in check mode).
-    fn entry(&mut self, name: &str, shape: &[usize]) -> Option<(&'a WeightFiles, &'a Entry)> {
+    fn entry(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtypes: &[StDtype],
+        expected: &str,
+    ) -> Option<(&'a WeightFiles, &'a Entry)> {
         self.used.insert(name.to_string());
         let files = self.files?;
         let Some(entry) = files.entries.get(name) else {
@@ -418,6 +384,12 @@ impl<'a> TensorLoader<'a> {
             });
             return None;
         }
+        if !dtypes.contains(&entry.dtype) {
+            self.failure.get_or_insert(Error::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}{expected}", entry.dtype),
+            });
+        }
         (!self.check_only && self.failure.is_none()).then_some((files, entry))
     }
 
@@ -427,7 +399,8 @@ impl<'a> TensorLoader<'a> {
             self.used.insert(name.to_string());
             return Some(synthetic_values(name, shape.iter().product(), self.seed));
         }
-        let (files, entry) = self.entry(name, shape)?;
+        const FLOATS: [StDtype; 3] = [StDtype::F32, StDtype::F16, StDtype::BF16];
+        let (files, entry) = self.entry(name, shape, &FLOATS, "")?;
         let bytes = &files.maps[entry.file].1[entry.start..entry.end];
         match decode_f32(name, entry.dtype, bytes) {
             Ok(values) => Some(values),
@@ -440,14 +413,12 @@ impl<'a> TensorLoader<'a> {
 
     /// Packed words (stored as I32 or U32) on the host.
     fn host_words(&mut self, name: &str, shape: &[usize]) -> Option<Vec<u32>> {
-        let (files, entry) = self.entry(name, shape)?;
-        if !matches!(entry.dtype, StDtype::I32 | StDtype::U32) {
-            self.failure.get_or_insert(Error::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: format!("{:?} (packed words must be I32 or U32)", entry.dtype),
-            });
-            return None;
-        }
+        let (files, entry) = self.entry(
+            name,
+            shape,
+            &[StDtype::I32, StDtype::U32],
+            " (packed words must be I32 or U32)",
+        )?;
         let bytes = &files.maps[entry.file].1[entry.start..entry.end];
         Some(
             bytes
