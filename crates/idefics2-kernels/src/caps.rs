@@ -49,8 +49,31 @@ impl WgpuCaps {
     /// Whether the quantized-matmul kernels can run here: the runtime takes WGSL text and the
     /// GEMM's 256-thread workgroup with 16 KiB of workgroup memory fits.
     pub fn runs_quant_kernels(&self) -> bool {
-        self.runtime.contains("wgsl")
-            && self.max_workgroup_invocations >= 256
-            && self.max_workgroup_storage_bytes >= 16 * 1024
+        kernels_fit(
+            self.runtime,
+            self.max_workgroup_invocations,
+            self.max_workgroup_storage_bytes,
+        )
     }
+
+    /// [`runs_quant_kernels`](Self::runs_quant_kernels) of `device`'s adapter (false off
+    /// wgpu), read without building the whole description: it is asked on every quantized
+    /// matmul.
+    pub fn device_runs_quant_kernels(device: &Device) -> bool {
+        let DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) = device.as_dispatch()
+        else {
+            return false;
+        };
+        let client = cube.client();
+        let props = client.properties();
+        kernels_fit(
+            client.name(),
+            props.hardware.max_units_per_cube,
+            props.hardware.max_shared_memory_size,
+        )
+    }
+}
+
+fn kernels_fit(runtime: &str, workgroup_invocations: u32, workgroup_storage_bytes: usize) -> bool {
+    runtime.contains("wgsl") && workgroup_invocations >= 256 && workgroup_storage_bytes >= 16 * 1024
 }

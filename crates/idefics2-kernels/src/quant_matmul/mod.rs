@@ -50,7 +50,7 @@ pub fn uses_kernels(x: &Tensor<2>, w: &QuantizedWeight) -> bool {
     let device = x.device();
     !device.is_autodiff()
         && w.scales.device() == device
-        && WgpuCaps::of(&device).is_some_and(|caps| caps.runs_quant_kernels())
+        && WgpuCaps::device_runs_quant_kernels(&device)
 }
 
 /// The WGSL kernels alone, without the routing of [`quant_matmul`]: `x [m, k_in]` f32 on a wgpu
