@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model_files::ModelFiles;
 
 /// Activation functions named by `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +135,15 @@ impl Idefics2Config {
         })
     }
 
+    /// `config.json` of a model on disk or in memory.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        let text = read_model_text(model, "config.json")?;
+        Self::from_json(&text).map_err(|source| Error::Json {
+            path: model.path("config.json"),
+            source,
+        })
+    }
+
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         let mut config: Self = serde_json::from_str(text)?;
         // transformers: the perceiver takes the text width (and then the text eps) when they differ.
@@ -243,6 +253,18 @@ impl GenerationConfig {
         })
     }
 
+    /// `generation_config.json`; defaults when the model has none.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        let name = "generation_config.json";
+        if !model.exists(name) {
+            return Ok(Self::default());
+        }
+        serde_json::from_str(&read_model_text(model, name)?).map_err(|source| Error::Json {
+            path: model.path(name),
+            source,
+        })
+    }
+
     /// Ids that end generation: `eos_token_id` of the generation config, else `</s>` (2).
     pub fn eos_ids(&self) -> Vec<u32> {
         self.eos_token_id
@@ -256,6 +278,20 @@ impl GenerationConfig {
     pub fn bad_words(&self) -> Vec<Vec<u32>> {
         self.bad_words_ids.clone().unwrap_or_default()
     }
+}
+
+/// A file of the model that must exist, as text.
+pub(crate) fn read_model_text(model: &ModelFiles, name: &str) -> Result<String> {
+    let io_error = |source| Error::Io {
+        path: model.path(name),
+        source,
+    };
+    model.read_text(name).map_err(io_error)?.ok_or_else(|| {
+        io_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the model has no such file",
+        ))
+    })
 }
 
 pub(crate) fn read_to_string(path: &Path) -> Result<String> {

@@ -66,6 +66,8 @@ pub enum Error {
     QuantConfig(String),
     #[error("cannot quantize `{name}`: {message}")]
     Quant { name: String, message: String },
+    #[error("loading was cancelled")]
+    Cancelled,
     #[error("synthetic model: {0}")]
     Synthetic(String),
     #[error(transparent)]

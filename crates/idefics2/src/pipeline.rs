@@ -10,8 +10,10 @@ use crate::config::GenerationConfig;
 use crate::error::{Error, Result};
 use crate::generate::GenerationOptions;
 use crate::model::{Idefics2, ModelInput};
+use crate::model_files::ModelFiles;
 use crate::processor::{ChatMessage, Idefics2Processor, ImageOptions, ProcessedBatch};
 use crate::quant::QuantPolicy;
+use crate::weights::ProgressFn;
 
 /// What the user asks: a raw prompt with `<image>` placeholders, or a chat rendered through the
 /// model's template with the generation prompt.
@@ -48,31 +50,38 @@ impl Pipeline {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
-        let processor = Idefics2Processor::from_model_dir(model_dir)?;
-        let model = Idefics2::load_quantized(model_dir, device, dtype, quant)?;
-        let generation_path = model_dir.join("generation_config.json");
-        let generation = if generation_path.exists() {
-            GenerationConfig::from_file(&generation_path)?
-        } else {
-            GenerationConfig::default()
-        };
+        Self::load_model_files(&ModelFiles::dir(model_dir), device, dtype, quant, None)
+    }
+
+    /// [`load_quantized`](Self::load_quantized) for model files on disk or in memory (the
+    /// browser); `progress` sees each tensor as it is uploaded and can cancel.
+    pub fn load_model_files(
+        model: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<Self> {
+        let processor = Idefics2Processor::from_model_files(model)?;
+        let generation = GenerationConfig::from_model_files(model)?;
+        let model_weights = Idefics2::load_model_files(model, device, dtype, quant, progress)?;
         let pipeline = Self {
             processor,
-            model,
+            model: model_weights,
             generation,
         };
-        pipeline.check_image_seq_len(model_dir)?;
+        pipeline.check_image_seq_len(model)?;
         Ok(pipeline)
     }
 
-    fn check_image_seq_len(&self, model_dir: &Path) -> Result<()> {
+    fn check_image_seq_len(&self, files: &ModelFiles) -> Result<()> {
         let (processor, model) = (
             self.processor.prompt.image_seq_len(),
             self.model.image_seq_len(),
         );
         if processor != model {
             return Err(Error::Config {
-                path: model_dir.join("processor_config.json"),
+                path: files.path("processor_config.json"),
                 message: format!(
                     "image_seq_len {processor} differs from the perceiver's {model} latents"
                 ),

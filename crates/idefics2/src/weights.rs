@@ -4,14 +4,14 @@
 //! own, so the host never holds a second full copy of the weights.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result, ShapeMismatch};
+use crate::model_files::{FileBytes, ModelFiles};
 use crate::quant::{PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, packed_names};
 
 /// Where one tensor lives inside the mapped files.
@@ -27,45 +27,67 @@ struct Entry {
 
 /// The memory-mapped safetensors files of one checkpoint and the index of their tensors.
 pub struct WeightFiles {
-    maps: Vec<(PathBuf, Mmap)>,
+    maps: Vec<(PathBuf, FileBytes)>,
     entries: BTreeMap<String, Entry>,
 }
 
 impl WeightFiles {
     /// Opens `model.safetensors.index.json` and its shards, else `model.safetensors`.
     pub fn open(model_dir: &Path) -> Result<Self> {
-        let index_path = model_dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = crate::config::read_to_string(&index_path)?;
-            let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: index_path.clone(),
-                source,
-            })?;
-            let shards: BTreeSet<&String> = index.weight_map.values().collect();
-            shards
-                .into_iter()
-                .map(|name| model_dir.join(name))
-                .collect()
-        } else {
-            vec![model_dir.join("model.safetensors")]
+        Self::open_model(&ModelFiles::dir(model_dir))
+    }
+
+    /// [`open`](Self::open) for model files on disk or in memory.
+    pub fn open_model(model: &ModelFiles) -> Result<Self> {
+        let index_name = "model.safetensors.index.json";
+        let io_error = |name: &str| {
+            let path = model.path(name);
+            move |source| Error::Io { path, source }
         };
-        Self::open_files(&files)
+        let names: Vec<String> = match model.read_text(index_name).map_err(io_error(index_name))? {
+            Some(text) => {
+                let index: ShardIndex =
+                    serde_json::from_str(&text).map_err(|source| Error::Json {
+                        path: model.path(index_name),
+                        source,
+                    })?;
+                let shards: BTreeSet<String> = index.weight_map.into_values().collect();
+                shards.into_iter().collect()
+            }
+            None => vec!["model.safetensors".to_owned()],
+        };
+        let buffers = names
+            .iter()
+            .map(|name| Ok((model.path(name), model.map(name).map_err(io_error(name))?)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_buffers(buffers)
     }
 
     /// Maps the given safetensors files; a tensor name may appear in only one of them.
     pub fn open_files(files: &[PathBuf]) -> Result<Self> {
-        let mut maps = Vec::with_capacity(files.len());
+        let buffers = files
+            .iter()
+            .map(|path| {
+                let (dir, name) = (path.parent().unwrap_or(Path::new("")), path.file_name());
+                let name = name
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let map = ModelFiles::dir(dir)
+                    .map(&name)
+                    .map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok((path.clone(), map))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_buffers(buffers)
+    }
+
+    fn from_buffers(buffers: Vec<(PathBuf, FileBytes)>) -> Result<Self> {
+        let mut maps = Vec::with_capacity(buffers.len());
         let mut entries = BTreeMap::new();
-        for (file_index, path) in files.iter().enumerate() {
-            let io_error = |source| Error::Io {
-                path: path.clone(),
-                source,
-            };
-            let file = File::open(path).map_err(io_error)?;
-            // SAFETY: the map is read-only; a checkpoint rewritten while we read it is the
-            // user's race, as with every mmap-based loader.
-            #[allow(unsafe_code)]
-            let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
+        for (file_index, (path, map)) in buffers.into_iter().enumerate() {
             let tensors = SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
                 path: path.clone(),
                 message: e.to_string(),
@@ -88,7 +110,7 @@ impl WeightFiles {
                     });
                 }
             }
-            maps.push((path.clone(), map));
+            maps.push((path, map));
         }
         Ok(Self { maps, entries })
     }
@@ -171,6 +193,18 @@ fn decode_f32(name: &str, dtype: StDtype, bytes: &[u8]) -> Result<Vec<f32>> {
     })
 }
 
+/// How far a load has come: reported as each stored tensor is read for upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadProgress {
+    pub tensors: usize,
+    pub total_tensors: usize,
+    pub bytes: usize,
+    pub total_bytes: usize,
+}
+
+/// Sees each [`LoadProgress`]; `Break` cancels the load (it ends with [`Error::Cancelled`]).
+pub type ProgressFn<'a> = Box<dyn FnMut(LoadProgress) -> ControlFlow<()> + 'a>;
+
 /// Hands out the model's tensors by hub name, checking each shape.
 ///
 /// In check mode it uploads nothing (it returns 1-element placeholders) and only records what is
@@ -193,6 +227,8 @@ pub struct TensorLoader<'a> {
     prequantized: bool,
     /// Every linear layer the policy quantizes: (prefix, n_out, k_in, format).
     quantized_layers: Vec<(String, usize, usize, QuantFormat)>,
+    progress: Option<ProgressFn<'a>>,
+    done: LoadProgress,
 }
 
 impl<'a> TensorLoader<'a> {
@@ -226,7 +262,19 @@ impl<'a> TensorLoader<'a> {
             quant: QuantPolicy::NONE,
             prequantized: false,
             quantized_layers: Vec::new(),
+            progress: None,
+            done: LoadProgress {
+                total_tensors: files.map_or(0, |f| f.entries.len()),
+                total_bytes: files.map_or(0, WeightFiles::stored_bytes),
+                ..LoadProgress::default()
+            },
         }
+    }
+
+    /// Reports progress to `progress` (real loads only, not the check pass).
+    pub fn with_progress(mut self, progress: ProgressFn<'a>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     pub fn device(&self) -> &Device {
@@ -390,7 +438,18 @@ impl<'a> TensorLoader<'a> {
                 dtype: format!("{:?}{expected}", entry.dtype),
             });
         }
-        (!self.check_only && self.failure.is_none()).then_some((files, entry))
+        if self.check_only || self.failure.is_some() {
+            return None;
+        }
+        self.done.tensors += 1;
+        self.done.bytes += entry.end - entry.start;
+        if let Some(progress) = &mut self.progress
+            && progress(self.done).is_break()
+        {
+            self.failure = Some(Error::Cancelled);
+            return None;
+        }
+        Some((files, entry))
     }
 
     /// A float tensor as f32 values on the host (synthetic ones are made here).

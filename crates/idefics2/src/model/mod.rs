@@ -19,9 +19,10 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use crate::config::Idefics2Config;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::model_files::ModelFiles;
 use crate::pixels::PixelBatch;
 use crate::quant::QuantPolicy;
-use crate::weights::{TensorLoader, WeightFiles};
+use crate::weights::{ProgressFn, TensorLoader, WeightFiles};
 use attention::key_padding_mask;
 use connector::Connector;
 use layers::Linear;
@@ -124,11 +125,22 @@ impl Idefics2 {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
-        let config_path = model_dir.join("config.json");
-        let config = Idefics2Config::from_file(&config_path)?;
-        config.validate(&config_path)?;
-        let files = WeightFiles::open(model_dir)?;
-        Self::from_files_quantized(config, &files, device, dtype, quant)
+        Self::load_model_files(&ModelFiles::dir(model_dir), device, dtype, quant, None)
+    }
+
+    /// [`load_quantized`](Self::load_quantized) for model files on disk or in memory; `progress`
+    /// sees each tensor as it is uploaded and can cancel.
+    pub fn load_model_files(
+        model: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<Self> {
+        let config = Idefics2Config::from_model_files(model)?;
+        config.validate(&model.path("config.json"))?;
+        let files = WeightFiles::open_model(model)?;
+        Self::load_weights(config, &files, device, dtype, quant, progress)
     }
 
     /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
@@ -171,6 +183,17 @@ impl Idefics2 {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
+        Self::load_weights(config, files, device, dtype, quant, None)
+    }
+
+    fn load_weights(
+        config: Idefics2Config,
+        files: &WeightFiles,
+        device: &Device,
+        dtype: DType,
+        quant: QuantPolicy,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<Self> {
         Self::check_device(device, dtype)?;
         let (policy, prequantized) =
             Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
@@ -180,6 +203,9 @@ impl Idefics2 {
         check.finish()?;
         let mut loader =
             TensorLoader::new(files, device, dtype, false).with_quant(policy, prequantized);
+        if let Some(progress) = progress {
+            loader = loader.with_progress(progress);
+        }
         let model = Self::build(&config, &mut loader, device, dtype);
         loader.finish()?;
         Ok(model)

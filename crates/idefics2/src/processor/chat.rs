@@ -9,8 +9,9 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::config::read_optional_json;
+use super::config::{read_optional_json, read_optional_text};
 use super::{ProcessorError, Result};
+use crate::model_files::ModelFiles;
 
 /// Idefics2-8b's chat template, used when a model directory carries none.
 pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for message in messages %}{{message['role'].capitalize()}}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
@@ -94,7 +95,11 @@ impl ChatTemplate {
     /// The template from the first of `chat_template.json`, `chat_template.jinja`,
     /// `processor_config.json`, `tokenizer_config.json` in `dir` that has one; `None` if none does.
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Option<Self>> {
-        let dir = dir.as_ref();
+        Self::from_model_files(&ModelFiles::dir(dir.as_ref()))
+    }
+
+    /// [`from_model_dir`](Self::from_model_dir) for files on disk or in memory.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Option<Self>> {
         #[derive(Deserialize)]
         struct WithTemplate {
             #[serde(default)]
@@ -125,18 +130,13 @@ impl ChatTemplate {
             "processor_config.json",
             "tokenizer_config.json",
         ] {
-            let path = dir.join(name);
             let source = if name.ends_with(".jinja") {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => Some(text),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(source) => return Err(ProcessorError::ReadFile { path, source }),
-                }
+                read_optional_text(model, name)?
             } else {
-                read_optional_json::<WithTemplate>(&path)?.and_then(|f| pick(f.chat_template))
+                read_optional_json::<WithTemplate>(model, name)?.and_then(|f| pick(f.chat_template))
             };
             if let Some(source) = source {
-                debug!(file = %path.display(), "chat template");
+                debug!(file = %model.path(name).display(), "chat template");
                 return Ok(Some(Self::new(source)));
             }
         }

@@ -2,12 +2,11 @@
 //! fields (`Idefics2ImageProcessor.__init__`, `Idefics2Processor.__init__` in 4.54.1), and the
 //! per-request overrides.
 
-use std::path::Path;
-
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::resize::Resample;
 use super::{ProcessorError, Result};
+use crate::model_files::ModelFiles;
 
 /// `preprocessor_config.json` of an Idefics2 model (the `Idefics2ImageProcessor` fields).
 /// Unknown keys (`image_processor_type`, `processor_class`, ...) are ignored.
@@ -123,10 +122,9 @@ impl Default for ImageProcessorConfig {
 }
 
 impl ImageProcessorConfig {
-    /// Reads `dir/preprocessor_config.json`; transformers' defaults when the file is absent.
-    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        read_optional_json(&dir.as_ref().join("preprocessor_config.json"))
-            .map(Option::unwrap_or_default)
+    /// Reads `preprocessor_config.json`; transformers' defaults when the file is absent.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        read_optional_json(model, "preprocessor_config.json").map(Option::unwrap_or_default)
     }
 
     /// The settings for one request: `options` wins over the config where it says something.
@@ -170,10 +168,9 @@ impl Default for ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    /// Reads `dir/processor_config.json`; defaults when the file is absent.
-    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        read_optional_json(&dir.as_ref().join("processor_config.json"))
-            .map(Option::unwrap_or_default)
+    /// Reads `processor_config.json`; defaults when the file is absent.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        read_optional_json(model, "processor_config.json").map(Option::unwrap_or_default)
     }
 }
 
@@ -185,22 +182,28 @@ pub struct ImageOptions {
     pub shortest_edge: Option<u32>,
 }
 
-/// `Ok(None)` when `path` does not exist; any other read or parse failure is an error.
-pub(crate) fn read_optional_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(ProcessorError::ReadFile {
-                path: path.to_owned(),
-                source,
-            });
-        }
+/// `Ok(None)` when the model has no file `name`; any other read or parse failure is an error.
+pub(crate) fn read_optional_json<T: serde::de::DeserializeOwned>(
+    model: &ModelFiles,
+    name: &str,
+) -> Result<Option<T>> {
+    let Some(text) = read_optional_text(model, name)? else {
+        return Ok(None);
     };
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| ProcessorError::ParseConfig {
-            path: path.to_owned(),
+            path: model.path(name),
+            source,
+        })
+}
+
+/// The text of file `name`; `Ok(None)` when absent.
+pub(crate) fn read_optional_text(model: &ModelFiles, name: &str) -> Result<Option<String>> {
+    model
+        .read_text(name)
+        .map_err(|source| ProcessorError::ReadFile {
+            path: model.path(name),
             source,
         })
 }

@@ -23,6 +23,7 @@ use super::config::{ImageOptions, ImageProcessorConfig, ImageSize};
 use super::jpeg::{self, JpegError};
 use super::resize::{RgbRegion, resize_region};
 use super::{ProcessorError, Result};
+use crate::model_files::ModelFiles;
 
 /// Reads and decodes an image file like `transformers.image_utils.load_image`: applies the EXIF
 /// orientation (`ImageOps.exif_transpose`) and converts to RGB the way Pillow's `convert("RGB")`
@@ -222,8 +223,8 @@ impl ImageProcessor {
     }
 
     /// Reads `dir/preprocessor_config.json` (transformers' defaults if absent).
-    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        ImageProcessorConfig::from_model_dir(dir).map(Self::new)
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        ImageProcessorConfig::from_model_files(model).map(Self::new)
     }
 
     pub fn config(&self) -> &ImageProcessorConfig {

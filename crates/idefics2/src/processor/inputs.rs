@@ -10,6 +10,7 @@ use super::config::{ImageOptions, ProcessorConfig};
 use super::image::{ImageProcessor, PixelBatch};
 use super::prompt::{PromptProcessor, TokenBatch};
 use super::{ProcessorError, Result};
+use crate::model_files::ModelFiles;
 
 /// Everything the model takes for one batch.
 ///
@@ -37,17 +38,21 @@ impl Idefics2Processor {
     /// chat template from `dir`. Absent files fall back to transformers' defaults, the bundled
     /// tokenizer and [`DEFAULT_CHAT_TEMPLATE`](super::DEFAULT_CHAT_TEMPLATE).
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = ProcessorConfig::from_model_dir(dir)?;
-        let image_processor = ImageProcessor::from_model_dir(dir)?;
-        let prompt = PromptProcessor::from_model_dir(dir, config.image_seq_len)?;
+        Self::from_model_files(&ModelFiles::dir(dir.as_ref()))
+    }
+
+    /// [`from_model_dir`](Self::from_model_dir) for files on disk or in memory.
+    pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
+        let config = ProcessorConfig::from_model_files(model)?;
+        let image_processor = ImageProcessor::from_model_files(model)?;
+        let prompt = PromptProcessor::from_model_files(model, config.image_seq_len)?;
         let chat_template = match config.chat_template {
             Some(source) => Some(ChatTemplate::new(source)),
-            None => ChatTemplate::from_model_dir(dir)?,
+            None => ChatTemplate::from_model_files(model)?,
         }
         .unwrap_or_default()
         .with_special_tokens(prompt.bos_token(), prompt.eos_token());
-        debug!(dir = %dir.display(), image_seq_len = config.image_seq_len, "processor loaded");
+        debug!(model = ?model, image_seq_len = config.image_seq_len, "processor loaded");
         Ok(Self {
             image_processor,
             prompt,

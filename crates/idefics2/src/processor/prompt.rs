@@ -2,14 +2,13 @@
 //! the image's token run, tokenize with the `tokenizers` crate (BOS comes from the tokenizer's
 //! post-processor), pad the batch; and `decode` for generated ids.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tokenizers::{AddedToken, Tokenizer};
 use tracing::debug;
 
 use super::config::read_optional_json;
 use super::{ProcessorError, Result};
+use crate::model_files::ModelFiles;
 
 /// The image placeholder in prompts, and the token repeated `image_seq_len` times per image.
 pub const IMAGE_TOKEN: &str = "<image>";
@@ -89,19 +88,24 @@ pub struct PromptProcessor {
 impl PromptProcessor {
     /// `dir/tokenizer.json` and `dir/tokenizer_config.json`; the bundled Idefics2 tokenizer
     /// (`assets/tokenizer/`) when `dir` has no `tokenizer.json`.
-    pub fn from_model_dir(dir: impl AsRef<Path>, image_seq_len: usize) -> Result<Self> {
-        let dir = dir.as_ref();
-        let path = dir.join("tokenizer.json");
-        if !path.exists() {
-            debug!(dir = %dir.display(), "no tokenizer.json, using the bundled tokenizer");
-            return Self::bundled(image_seq_len);
-        }
-        let tokenizer =
-            Tokenizer::from_file(&path).map_err(|source| ProcessorError::Tokenizer {
-                origin: path.display().to_string(),
+    pub fn from_model_files(model: &ModelFiles, image_seq_len: usize) -> Result<Self> {
+        let name = "tokenizer.json";
+        let bytes = model
+            .read(name)
+            .map_err(|source| ProcessorError::ReadFile {
+                path: model.path(name),
                 source,
             })?;
-        let config = read_optional_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let Some(bytes) = bytes else {
+            debug!(model = ?model, "no tokenizer.json, using the bundled tokenizer");
+            return Self::bundled(image_seq_len);
+        };
+        let tokenizer =
+            Tokenizer::from_bytes(&*bytes).map_err(|source| ProcessorError::Tokenizer {
+                origin: model.path(name).display().to_string(),
+                source,
+            })?;
+        let config = read_optional_json(model, "tokenizer_config.json")?.unwrap_or_default();
         Self::new(tokenizer, config, image_seq_len)
     }
 

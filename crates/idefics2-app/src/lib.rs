@@ -1,0 +1,31 @@
+//! The Idefics2 chat app: one eframe GUI for the desktop (`idefics2-app`, Vulkan/Metal/DX12) and
+//! the browser (this crate as a wasm module, WebGPU; see `web/`). The window and the model share
+//! one wgpu device.
+
+pub mod app;
+pub mod attachment;
+pub mod conversation;
+pub mod download;
+pub mod engine;
+pub mod script;
+pub mod settings;
+pub mod view;
+#[cfg(target_family = "wasm")]
+pub mod web;
+pub mod worker;
+
+pub use app::{ChatApp, Gpu, Startup};
+
+/// The embedded demo model (trained on shapes, see `assets/idefics2-tiny-shapes`), opened when
+/// no other model is given.
+#[cfg(not(target_family = "wasm"))]
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/idefics2-tiny-shapes"
+);
+
+/// "adapter name (backend)" for the status line.
+pub fn adapter_label(adapter: &burn::tensor::wgpu::wgpu::Adapter) -> String {
+    let info = adapter.get_info();
+    format!("{} ({:?})", info.name, info.backend)
+}

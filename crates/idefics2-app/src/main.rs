@@ -1,0 +1,117 @@
+//! `idefics2-app`: the desktop chat window.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::Device;
+use clap::Parser;
+use eframe::egui_wgpu::{WgpuSetup, WgpuSetupExisting};
+use idefics2_app::engine::ModelSource;
+use idefics2_app::script::Script;
+use idefics2_app::{ChatApp, DEFAULT_MODEL, Gpu, Startup, adapter_label};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Chat with Idefics2 about your images")]
+struct Args {
+    /// Model directory (hub layout) to open at start.
+    #[arg(long, env = "IDEFICS2_MODEL", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Scripted session (tests, demos): attach this image once the model is ready (repeatable).
+    #[arg(long = "send-image")]
+    send_images: Vec<PathBuf>,
+    /// Scripted session: the question to send with the images.
+    #[arg(long)]
+    ask: Option<String>,
+    /// Scripted session: save a screenshot of the window (PNG) after the answer.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Scripted session: write the answer and its figures (JSON) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Scripted session: close the window when done.
+    #[arg(long)]
+    exit: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let script = match scripted(&args) {
+        Ok(script) => script,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One wgpu device for burn and the window: burn picks the adapter, eframe draws with it.
+    let (gpu, setup) = match Device::wgpu_options().init_with_setup() {
+        Ok((device, setup)) => {
+            let label = adapter_label(&setup.adapter);
+            (Some(Gpu { device, label }), Some(setup))
+        }
+        Err(e) => {
+            eprintln!("error: no usable GPU adapter for the window: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Idefics2")
+            .with_inner_size([1100.0, 720.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    if let Some(setup) = setup {
+        options.wgpu_options.wgpu_setup = WgpuSetup::Existing(WgpuSetupExisting {
+            instance: setup.instance,
+            adapter: setup.adapter,
+            device: setup.device,
+            queue: setup.queue,
+        });
+    }
+    let startup = Startup {
+        gpu,
+        model: Some(ModelSource::Dir(args.model.clone())),
+        script,
+    };
+    match eframe::run_native(
+        "Idefics2",
+        options,
+        Box::new(move |cc| Ok(Box::new(ChatApp::new(&cc.egui_ctx, startup)))),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scripted(args: &Args) -> Result<Option<Script>, String> {
+    let Some(question) = &args.ask else {
+        return Ok(None);
+    };
+    let images = args
+        .send_images
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            Ok((name, bytes))
+        })
+        .collect::<Result<_, String>>()?;
+    let mut script = Script::new(images, question.clone());
+    script.screenshot = args.screenshot.clone();
+    script.report = args.report.clone();
+    script.exit = args.exit;
+    Ok(Some(script))
+}
