@@ -4,7 +4,7 @@
 
 use std::ops::ControlFlow;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use web_time::Instant;
 
 use crate::error::{Error, Result};
@@ -178,14 +178,7 @@ impl Idefics2 {
             attention_mask = mask;
             let positions: Vec<i64> = next_position.clone();
             next_position.iter_mut().for_each(|p| *p += 1);
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(
-                    next.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-                    [batch, 1],
-                ),
-                self.device(),
-            );
-            let embeds = self.model.text_model.embed(ids);
+            let embeds = self.model.text_model.embed(&next, batch, 1);
             last_hidden = self.decode(embeds, &attention_mask, &positions, &mut cache)?;
         }
         output.decode_seconds = decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64());

@@ -11,6 +11,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result, ShapeMismatch};
+use crate::model::row_chunks::RowChunks;
 use crate::model_files::{FileBytes, ModelFiles};
 use crate::quant::{PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, packed_names};
 
@@ -229,6 +230,8 @@ pub struct TensorLoader<'a> {
     quantized_layers: Vec<(String, usize, usize, QuantFormat)>,
     progress: Option<ProgressFn<'a>>,
     done: LoadProgress,
+    /// The device's largest storage binding: bigger float matrices are uploaded in row blocks.
+    max_binding_bytes: u64,
 }
 
 impl<'a> TensorLoader<'a> {
@@ -263,6 +266,7 @@ impl<'a> TensorLoader<'a> {
             prequantized: false,
             quantized_layers: Vec::new(),
             progress: None,
+            max_binding_bytes: max_binding_bytes(device),
             done: LoadProgress {
                 total_tensors: files.map_or(0, |f| f.entries.len()),
                 total_bytes: files.map_or(0, WeightFiles::stored_bytes),
@@ -326,6 +330,30 @@ impl<'a> TensorLoader<'a> {
         self.uploaded_bytes += values.len() * self.dtype.size();
         let data = host_data(values, stored.to_vec(), self.dtype);
         Tensor::<S>::from_data(data, (&self.device, self.dtype)).reshape(shape)
+    }
+
+    /// The float matrix `name` (`[rows, cols]`) as one tensor when it fits one storage binding of
+    /// the device, else in row blocks that do.
+    pub fn float_rows(&mut self, name: &str, shape: [usize; 2]) -> RowChunks {
+        let [rows, cols] = shape;
+        let bytes = (rows * cols * self.dtype.size()) as u64;
+        if bytes <= self.max_binding_bytes {
+            return RowChunks::single(self.float(name, shape));
+        }
+        let Some(values) = self.host_values(name, &shape) else {
+            return RowChunks::single(self.placeholder());
+        };
+        self.uploaded_bytes += values.len() * self.dtype.size();
+        let rows_per_chunk =
+            RowChunks::rows_per_chunk(cols, self.dtype.size(), self.max_binding_bytes);
+        let chunks = values
+            .chunks(rows_per_chunk * cols)
+            .map(|part| {
+                let data = host_data(part.to_vec(), vec![part.len() / cols, cols], self.dtype);
+                Tensor::<2>::from_data(data, (&self.device, self.dtype))
+            })
+            .collect();
+        RowChunks::new(chunks, rows_per_chunk)
     }
 
     /// Whether the policy quantizes linear layer `prefix`.
@@ -509,6 +537,17 @@ impl<'a> TensorLoader<'a> {
             })
         }
     }
+}
+
+/// The largest storage binding of `device` in bytes (no limit on the CPU device).
+/// `IDEFICS2_MAX_BINDING_BYTES` lowers it: for adapters that report more than they can allocate,
+/// and for tests of the row-block path.
+fn max_binding_bytes(device: &Device) -> u64 {
+    let adapter = idefics2_kernels::WgpuCaps::of(device).map_or(u64::MAX, |c| c.max_binding_bytes);
+    let asked = std::env::var("IDEFICS2_MAX_BINDING_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    asked.map_or(adapter, |asked| asked.min(adapter))
 }
 
 /// Random weights for tensor `name`: norm scales 1, biases 0, everything else uniform with

@@ -1,6 +1,7 @@
 //! Small building blocks shared by the three parts of the model: linear layers, LayerNorm,
 //! RMSNorm (both reduced in f32 whatever the runtime float type), SwiGLU MLPs and activations.
 
+use super::row_chunks::RowChunks;
 use burn::tensor::activation::{gelu, gelu_approximate, silu};
 use burn::tensor::{DType, Tensor};
 
@@ -16,6 +17,8 @@ use crate::weights::TensorLoader;
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Float(Tensor<2>),
+    /// A float weight larger than one storage binding, in row blocks.
+    Chunked(RowChunks),
     Quantized(QuantizedWeight),
 }
 
@@ -40,12 +43,20 @@ impl Linear {
                 None => LinearWeight::Float(loader.placeholder()),
             }
         } else {
-            LinearWeight::Float(
-                loader.float(&format!("{prefix}.weight"), [out_features, in_features]),
+            Self::float_weight(
+                loader.float_rows(&format!("{prefix}.weight"), [out_features, in_features]),
             )
         };
         let bias = bias.then(|| loader.float(&format!("{prefix}.bias"), [out_features]));
         Self { weight, bias }
+    }
+
+    /// A float weight: one tensor when it fits a binding, else its row blocks.
+    pub fn float_weight(rows: RowChunks) -> LinearWeight {
+        match rows.as_single() {
+            Some(one) => LinearWeight::Float(one.clone()),
+            None => LinearWeight::Chunked(rows),
+        }
     }
 
     pub fn float(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
@@ -63,6 +74,9 @@ impl Linear {
             LinearWeight::Float(weight) => x
                 .reshape([batch * seq, in_features])
                 .matmul(weight.clone().transpose()), // [batch*seq, out]
+            LinearWeight::Chunked(rows) => {
+                rows.matmul_transposed(x.reshape([batch * seq, in_features]))
+            }
             LinearWeight::Quantized(weight) => {
                 quant_matmul(x.reshape([batch * seq, in_features]), weight)
             }

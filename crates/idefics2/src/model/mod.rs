@@ -8,6 +8,7 @@ pub mod connector;
 pub mod layers;
 pub mod perceiver;
 pub mod rope;
+pub mod row_chunks;
 pub mod text;
 pub mod vision;
 pub mod vision_input;
@@ -257,7 +258,10 @@ impl Idefics2 {
             text_model: TextModel::load(loader, "model.text_model", text),
         };
         let lm_head = if config.tie_word_embeddings && !loader.contains("lm_head.weight") {
-            Linear::float(model.text_model.embed_tokens.clone(), None)
+            Linear {
+                weight: Linear::float_weight(model.text_model.embed_tokens.clone()),
+                bias: None,
+            }
         } else {
             Linear::load(loader, "lm_head", text.hidden_size, text.vocab_size, false)
         };
@@ -361,18 +365,7 @@ impl Idefics2 {
                 got: vec![bad as usize],
             });
         }
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(
-                input
-                    .input_ids
-                    .iter()
-                    .map(|&id| id as i64)
-                    .collect::<Vec<_>>(),
-                [batch, seq],
-            ),
-            &self.device,
-        );
-        let text = self.model.text_model.embed(ids);
+        let text = self.model.text_model.embed(&input.input_ids, batch, seq);
         let image_token = self.config.image_token_id;
         let tokens = input
             .input_ids

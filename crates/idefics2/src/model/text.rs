@@ -2,7 +2,8 @@
 //! attention over a KV cache, SwiGLU MLP, sliding-window causal mask as transformers builds it.
 //! <https://github.com/huggingface/transformers/blob/v4.54.1/src/transformers/models/mistral/modeling_mistral.py>
 
-use burn::tensor::{Int, Tensor};
+use super::row_chunks::RowChunks;
+use burn::tensor::Tensor;
 
 use crate::config::TextConfig;
 use crate::kv_cache::KvCache;
@@ -33,7 +34,8 @@ pub struct DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct TextModel {
     /// `[vocab, hidden]`
-    pub embed_tokens: Tensor<2>,
+    /// In row blocks when the table exceeds one storage binding (the 8B's does in f32 and f16).
+    pub embed_tokens: RowChunks,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     pub rope_theta: f64,
@@ -88,7 +90,7 @@ impl TextModel {
             })
             .collect();
         Self {
-            embed_tokens: loader.float(
+            embed_tokens: loader.float_rows(
                 &format!("{prefix}.embed_tokens.weight"),
                 [config.vocab_size, hidden],
             ),
@@ -100,13 +102,10 @@ impl TextModel {
 
     /// # Shapes
     /// `ids`: `[batch, seq]` -> `[batch, seq, hidden]`
-    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, seq] = ids.dims();
-        let hidden = self.embed_tokens.dims()[1];
-        self.embed_tokens
-            .clone()
-            .select(0, ids.reshape([batch * seq]))
-            .reshape([batch, seq, hidden])
+    /// Embeddings of `ids` (`[batch * seq]`, checked against the vocabulary by the caller).
+    pub fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> Tensor<3> {
+        let hidden = self.embed_tokens.cols();
+        self.embed_tokens.gather(ids).reshape([batch, seq, hidden])
     }
 
     /// Runs the decoder over `seq` new positions, appending them to `cache`.
