@@ -83,6 +83,8 @@ pub struct ModelInfo {
     pub precision: Precision,
     pub quant: String,
     pub weight_bytes: usize,
+    /// Key and value cache bytes per token of context (all layers).
+    pub kv_bytes_per_token: usize,
     pub image_seq_len: usize,
     /// The processor's default longest edge and splitting.
     pub longest_edge: u32,
@@ -188,12 +190,19 @@ impl Engine {
         )
         .map_err(|e| format!("cannot load {label}: {e}"))?;
         let image = pipeline.processor.image_processor.config();
+        let text = &pipeline.model.config.text_config;
+        let kv_bytes_per_token = 2
+            * text.num_hidden_layers
+            * text.num_key_value_heads()
+            * text.head_dim()
+            * request.precision.dtype().size();
         let info = ModelInfo {
             label,
             device_label: request.device_label,
             precision: request.precision,
             quant: request.quant.label(),
             weight_bytes: pipeline.model.weight_bytes,
+            kv_bytes_per_token,
             image_seq_len: pipeline.model.image_seq_len(),
             longest_edge: image.size.longest_edge,
             do_image_splitting: image.do_image_splitting,

@@ -130,11 +130,18 @@ impl ChatApp {
             match &self.model {
                 ModelState::Ready(info) => {
                     ui.label(format!(
-                        "{} on {} ({:?}, quant {})",
+                        "{} on {} ({:?}, {})",
                         info.label, info.device_label, info.precision, info.quant
                     ));
                     ui.separator();
-                    ui.label(format!("memory: {} weights", megabytes(info.weight_bytes)));
+                    let context = self
+                        .last_stats
+                        .map_or(0, |s| s.prompt_tokens + s.new_tokens);
+                    ui.label(format!(
+                        "memory: {} weights + {} KV cache",
+                        megabytes(info.weight_bytes),
+                        megabytes(context * info.kv_bytes_per_token)
+                    ));
                 }
                 _ => {
                     ui.label("no model");
