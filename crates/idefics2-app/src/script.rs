@@ -79,6 +79,11 @@ impl Script {
             State::Settling(frames, report) => {
                 if *frames > 0 {
                     *frames -= 1;
+                } else if cfg!(target_family = "wasm") {
+                    // The page's driver (playwright) screenshots the browser window itself.
+                    let report = report.take();
+                    self.finish(ctx, None, &report);
+                    self.state = State::Done;
                 } else {
                     let shot = Arc::new(Mutex::new(None));
                     let target = shot.clone();
@@ -96,7 +101,7 @@ impl Script {
                 let image = shot.lock().ok().and_then(|mut s| s.take());
                 if let Some(image) = image {
                     let report = report.take();
-                    self.finish(ctx, &image, &report);
+                    self.finish(ctx, Some(&image), &report);
                     self.state = State::Done;
                 }
             }
@@ -104,12 +109,17 @@ impl Script {
         ctx.request_repaint_after(std::time::Duration::from_millis(50));
     }
 
-    fn finish(&self, ctx: &egui::Context, image: &egui::ColorImage, report: &serde_json::Value) {
+    fn finish(
+        &self,
+        ctx: &egui::Context,
+        image: Option<&egui::ColorImage>,
+        report: &serde_json::Value,
+    ) {
         let text = report.to_string();
         println!("{text}");
         #[cfg(not(target_family = "wasm"))]
         {
-            if let Some(path) = &self.screenshot {
+            if let (Some(path), Some(image)) = (&self.screenshot, image) {
                 let [w, h] = image.size;
                 let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
                 let saved =
