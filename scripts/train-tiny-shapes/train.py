@@ -135,7 +135,7 @@ TRAIN = dict(
     weight_decay=0.01,
     betas=(0.9, 0.98),
     grad_clip=1.0,
-    split_frac=0.5,  # fraction of training examples with image splitting on
+    split_frac=0.5,  # fraction of training examples with image splitting on (a split image costs 5 encoder passes)
     jitter=20,  # colour jitter (per channel) of the training images
     latent_std=1.0,  # perceiver latents ~ N(0, latent_std) (transformers fills them with 1.0: all identical)
     phase1_steps=500,  # first steps: only "What shape is this?" (learnt much more slowly in the mix)
@@ -145,10 +145,15 @@ TRAIN = dict(
     geometric_frac=0.5,  # scenes re-rasterized by pixel centres (see rerender_geometric)
     aux_weight=1.0,  # weight of the per-patch shape/colour loss on the vision encoder (see image_features)
     scene_aux_weight=1.0,  # weight of the scene loss on the image tokens (see forward_loss)
+    crop_count=0,  # the scene loss also counts the shape centres inside each crop of a split image
+    centre_label=0,  # a shape's centre patch carries its kind/colour label even when the patch centre misses it
+    offset_weight=0.0,  # per-patch regression of where the centre of the shape under the patch is (see patch_targets)
+    p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
 CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
+OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 
 
 def build_config():
@@ -187,8 +192,9 @@ def make_processor(split):
 class Encoder:
     """Turns shapes examples into model inputs exactly as Idefics2Processor does (splitting off or on)."""
 
-    def __init__(self):
+    def __init__(self, centre_label=True):
         self.procs = {False: make_processor(False), True: make_processor(True)}
+        self.centre_label = centre_label
         self.cache = {}
 
     def text(self, question, answer, split):
@@ -207,7 +213,7 @@ class Encoder:
         return self.cache[key]
 
     def images(self, image, split, drawn):
-        """Per-image unpadded (pixel_values [3,h,w], pixel_mask [h,w], patch targets) as the processor makes
+        """Per-image unpadded (pixel_values [3,h,w], pixel_mask [h,w], patch targets, shape centres inside) as the processor makes
         them (the crops of Idefics2ImageProcessor.split_image, then the whole image, when splitting)."""
         out = self.procs[split].image_processor([[image]], return_tensors="pt")
         pv, pm = out["pixel_values"][0], out["pixel_attention_mask"][0]
@@ -222,19 +228,24 @@ class Encoder:
         for i in range(pv.shape[0]):
             h, w = int(pm[i, :, 0].sum()), int(pm[i, 0, :].sum())
             assert pm[i, :h, :w].all() and pm[i].sum() == h * w
-            res.append((pv[i, :, :h, :w], pm[i, :h, :w], patch_targets(labels, drawn, crops[i], h, w)))
+            t, off = patch_targets(labels, drawn, crops[i], h, w, centre_label=self.centre_label)
+            res.append((pv[i, :, :h, :w], pm[i, :h, :w], t, n_centres(drawn, crops[i]), off))
         return res
 
 
-def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None):
+def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0):
     """One training scene and the task's questions that apply to it: [(qkind, question, answer)].
 
     The vision encoder then runs once for several questions. One shape (probability p_single): the colour and
     shape questions, and the count question with probability p_count_single; 2..4 shapes (uniform): the count
-    question and "What color is the <kind>?" for every kind that occurs exactly once."""
+    question and "What color is the <kind>?" for every kind that occurs exactly once. With probability p_few_colors
+    a scene of several shapes takes its colours from only one or two of the six."""
     n = 1 if rng.random() < p_single else rng.randint(2, 4)
     kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
-    colors = [rng.choice(shapes.COLOR_NAMES) for _ in range(n)]
+    palette = shapes.COLOR_NAMES
+    if n > 1 and p_few_colors > 0 and rng.random() < p_few_colors:
+        palette = rng.sample(shapes.COLOR_NAMES, rng.randint(1, 2))
+    colors = [rng.choice(palette) for _ in range(n)]
     img, drawn = shapes.draw_scene(
         rng, kinds, colors, jitter=jitter, min_frac=min_frac, max_frac=max(min_frac, shapes.MAX_FRAC)
     )
@@ -302,10 +313,12 @@ def label_map(size, drawn):
     return np.asarray(img)
 
 
-def patch_targets(labels, drawn, crop, h, w, patch=14):
+def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     """Auxiliary per-patch targets [h // patch, w // patch, 3] of one processed image of size h x w made from
     the crop (x0, y0, x1, y1) of the original: the shape kind (0..3) and colour (0..6) under each patch centre
-    (0 = background), and 1 on the patch holding a shape's centre (one per shape: what counting needs)."""
+    (0 = background), and 1 on the patch holding a shape's centre (one per shape: what counting needs). With
+    centre_label, that centre patch also carries the shape's kind and colour (a shape smaller than a patch can miss
+    every patch centre)."""
     x0, y0, x1, y1 = crop
     gy, gx = h // patch, w // patch
     ys = y0 + ((np.arange(gy) * patch + patch / 2) * (y1 - y0) / h).astype(np.int64)
@@ -313,30 +326,55 @@ def patch_targets(labels, drawn, crop, h, w, patch=14):
     idx = labels[np.minimum(ys, y1 - 1)][:, np.minimum(xs, x1 - 1)]
     kind_of = np.array([0] + [1 + shapes.KINDS.index(d["kind"]) for d in drawn])
     color_of = np.array([0] + [1 + shapes.COLOR_NAMES.index(d["color"]) for d in drawn])
+    idx = idx.copy()
     centre = np.zeros((gy, gx), dtype=np.int64)
-    for d in drawn:
+    for i, d in enumerate(drawn):
         bx, by, bs = d["box"]
         cx, cy = bx + bs / 2, by + bs / 2
         if x0 <= cx < x1 and y0 <= cy < y1:
             px = int((cx - x0) * w / (x1 - x0)) // patch
             py = int((cy - y0) * h / (y1 - y0)) // patch
+            if centre_label:  # a centre in the last, partial patch row or column (dropped by the encoder): the last whole one
+                px, py = min(px, gx - 1), min(py, gy - 1)
             if px < gx and py < gy:
                 centre[py, px] = 1
-    return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre], -1))
+                if centre_label:
+                    # a shape smaller than a patch may miss every patch centre: its centre patch shows it anyway
+                    idx[py, px] = i + 1
+    # where the centre of the shape under each patch lies, relative to the patch centre, in units of 4 patches
+    # (NaN on the background): every patch of a shape points at the same spot, which separates touching or
+    # same-colour shapes and marks one centre per shape (what counting needs)
+    cxs = np.array([np.nan] + [((d["box"][0] + d["box"][2] / 2) - x0) * w / (x1 - x0) for d in drawn])
+    cys = np.array([np.nan] + [((d["box"][1] + d["box"][2] / 2) - y0) * h / (y1 - y0) for d in drawn])
+    pcx = (np.arange(gx) * patch + patch / 2)[None, :]
+    pcy = (np.arange(gy) * patch + patch / 2)[:, None]
+    off = np.stack([(cxs[idx] - pcx) / (4 * patch), (cys[idx] - pcy) / (4 * patch)], -1).astype(np.float32)
+    return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre], -1)), torch.from_numpy(off)
+
+
+def n_centres(drawn, crop):
+    """How many shapes have their centre inside the crop (x0, y0, x1, y1): the per-image count target."""
+    x0, y0, x1, y1 = crop
+    return sum(
+        1 for d in drawn if x0 <= d["box"][0] + d["box"][2] / 2 < x1 and y0 <= d["box"][1] + d["box"][2] / 2 < y1
+    )
 
 
 def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
     """n_scenes scenes -> (seqs, imgs): seqs[i] = (ids, n_prompt, targets, qkind, image indices into imgs).
 
-    phase1: one-shape scenes and the shape question only. scenes[i] = (index of the scene's whole image in imgs,
-    scene targets: count - 1 and, per shape kind, 1 + the colour of the only shape of that kind or 0)."""
+    phase1: one-shape scenes and the shape question only. scenes[i] = (index of an image in imgs,
+    targets: number of shape centres inside it (minus 1 without crop_count) and, on whole images, per shape kind, 1 + the colour of the only
+    shape of that kind or 0 (-100 on crops)); one per scene's whole image, one per crop with crop_count."""
     seqs, imgs, scenes = [], [], []
     for _ in range(n_scenes):
         if phase1:
             img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 1.0, 0.0, only=("shape",))
             split = rng.random() < cfg["phase1_split_frac"]
         else:
-            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"])
+            img, qa, drawn = scene_questions(
+                rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"], p_few_colors=cfg["p_few_colors"]
+            )
             split = rng.random() < cfg["split_frac"]
         first = len(imgs)
         imgs.extend(enc.images(img, split, drawn))
@@ -349,7 +387,11 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
             1 + shapes.COLOR_NAMES.index(drawn[kinds.index(k)]["color"]) if kinds.count(k) == 1 else 0
             for k in shapes.KINDS
         ]
-        scenes.append((idx[-1], [len(drawn) - 1] + color_of_kind))
+        # count classes: 0..4 with crop_count (a crop may hold no centre), else 1..4 as 0..3
+        scenes.append((idx[-1], [len(drawn) - (0 if cfg["crop_count"] > 0 else 1)] + color_of_kind))
+        if cfg["crop_count"] > 0:
+            for j in idx[:-1]:  # the crops of a split image: count the shape centres inside (0..4)
+                scenes.append((j, [imgs[j][3]] + [-100] * len(shapes.KINDS)))
     return seqs, imgs, scenes
 
 
@@ -375,7 +417,7 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
     if cur:
         groups.append(cur)
     feats = [None] * len(imgs)
-    aux_logits, aux_tgt = [], []
+    aux_logits, aux_tgt, aux_off = [], [], []
     ps = model.config.vision_config.patch_size
     for g in groups:
         hmax = max(imgs[j][0].shape[1] for j in g)
@@ -383,11 +425,13 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         pv = torch.zeros(len(g), 3, hmax, wmax)
         pm = torch.zeros(len(g), hmax, wmax, dtype=torch.long)
         tgt = torch.full((len(g), hmax // ps, wmax // ps, 3), -100, dtype=torch.long)
+        otgt = torch.full((len(g), hmax // ps, wmax // ps, 2), float("nan"))
         for k, j in enumerate(g):
-            p, m, t = imgs[j]
+            p, m, t, _, off = imgs[j]
             pv[k, :, : p.shape[1], : p.shape[2]] = p
             pm[k, : m.shape[0], : m.shape[1]] = m
             tgt[k, : t.shape[0], : t.shape[1]] = t
+            otgt[k, : off.shape[0], : off.shape[1]] = off
         pv, pm = pv.to(DEV), pm.to(DEV)
         # as Idefics2Model.get_image_features (no padding images here)
         sub = pm.unfold(1, ps, ps).unfold(2, ps, ps)
@@ -399,6 +443,7 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         if aux_head is not None:
             aux_logits.append(aux_head(hidden).flatten(0, 1))
             aux_tgt.append(tgt.flatten(0, 2))
+            aux_off.append(otgt.flatten(0, 2))
     feats = torch.cat(feats, 0)
     if aux_head is None:
         return feats, None, None
@@ -407,8 +452,12 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
     loss = (
         F.cross_entropy(logits[:, :n_kind], tgt[:, 0])
         + F.cross_entropy(logits[:, n_kind : n_kind + n_col], tgt[:, 1])
-        + F.cross_entropy(logits[:, n_kind + n_col :], tgt[:, 2], weight=CENTRE_WEIGHTS.to(logits.device))
+        + F.cross_entropy(logits[:, n_kind + n_col : n_kind + n_col + 2], tgt[:, 2], weight=CENTRE_WEIGHTS.to(logits.device))
     )
+    if logits.shape[1] > n_kind + n_col + 2:  # centre offsets (see patch_targets)
+        off = torch.cat(aux_off).to(DEV)
+        on = ~torch.isnan(off[:, 0])
+        loss = loss + OFFSET_WEIGHT[0] * F.smooth_l1_loss(logits[:, n_kind + n_col + 2 :][on], off[on], beta=0.25)
     with torch.no_grad():
         real = tgt[:, 0] >= 0
         shape_px = real & (tgt[:, 0] > 0)
@@ -432,12 +481,13 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
         which = torch.tensor([sc[0] for sc in scenes], device=DEV)
         st = torch.tensor([sc[1] for sc in scenes], device=DEV)
         sl = heads["scene"](feats[which].flatten(1)).float()
-        n_count, n_col = 4, 1 + len(shapes.COLOR_NAMES)
+        n_count, n_col = 5 if cfg["crop_count"] > 0 else 4, 1 + len(shapes.COLOR_NAMES)
         scene_loss = F.cross_entropy(sl[:, :n_count], st[:, 0])
         for k in range(len(shapes.KINDS)):
             scene_loss = scene_loss + F.cross_entropy(sl[:, n_count + k * n_col : n_count + (k + 1) * n_col], st[:, 1 + k])
         with torch.no_grad():
-            scene_count_acc = (sl[:, :n_count].argmax(-1) == st[:, 0]).float().mean().item()
+            whole = st[:, 1] >= 0
+            scene_count_acc = (sl[:, :n_count].argmax(-1) == st[:, 0])[whole].float().mean().item()
     groups = {}
     for s in seqs:
         groups.setdefault(len(s[4]), []).append(s)
@@ -502,7 +552,7 @@ def answer(model, processor, image, question, max_new_tokens=EVAL["max_new_token
     return processor.tokenizer.decode(new, skip_special_tokens=False).strip()
 
 
-def evaluate(model, processors, data, log=True):
+def evaluate(model, processors, data, log=True, failures=False):
     """Returns {(qkind, split): accuracy} and prints a table."""
     model.eval()
     acc, wrong = {}, {}
@@ -515,6 +565,13 @@ def evaluate(model, processors, data, log=True):
                     ok += 1
                 else:
                     wrong.setdefault((k, split), []).append((ex["image"].size, ex["question"], ex["answer"], a))
+                    if failures:
+                        W, H = ex["image"].size
+                        print(f"  FAIL {k} split={'on' if split else 'off'} {W}x{H} aspect {max(W, H) / min(W, H):.1f} "
+                              f"{ex['question']!r} want {ex['answer']} got {a!r} shapes (kind, colour, side px, side px "
+                              f"at longest edge {LONGEST_EDGE}): "
+                              f"{[(s['kind'], s['color'], s['box'][2], round(s['box'][2] * min(1, LONGEST_EDGE / max(W, H)), 1)) for s in ex['shapes']]}",
+                              flush=True)
             acc[(k, split)] = ok / len(exs)
     if log:
         print_table(acc, {k: len(v) for k, v in data.items()})
@@ -639,9 +696,11 @@ def train(cfg, log_every=25, max_seconds=None):
     model.train()
     heads = {}
     if cfg["aux_weight"] > 0:
-        heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2)
+        n_off = 2 if cfg["offset_weight"] > 0 else 0
+        OFFSET_WEIGHT[0] = cfg["offset_weight"]
+        heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2 + n_off)
     if cfg["scene_aux_weight"] > 0:
-        heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], 4 + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
+        heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
     heads = {k: h.to(DEV) for k, h in heads.items()}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params} ({n_params * 2 / 1e6:.1f} MB in bf16)", flush=True)
@@ -659,7 +718,7 @@ def train(cfg, log_every=25, max_seconds=None):
         ],
         lr=cfg["lr"], betas=cfg["betas"],
     )
-    enc = Encoder()
+    enc = Encoder(centre_label=cfg["centre_label"] > 0)
     t0 = time.time()
     run_loss, run_ok, t_data = 0.0, {}, 0.0
     for step in range(cfg["steps"]):
@@ -703,6 +762,7 @@ def main():
     ap.add_argument("--eval-n", type=int, default=EVAL["n_per_kind"])
     ap.add_argument("--eval-only", default=None, help="evaluate a saved checkpoint directory and exit")
     ap.add_argument("--no-samples", action="store_true")
+    ap.add_argument("--failures", action="store_true", help="print every wrong answer with the image size and shapes")
     ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3")
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
@@ -712,7 +772,7 @@ def main():
     data = eval_set(EVAL["seed"], args.eval_n)
     if args.eval_only:
         model, procs = load_checkpoint(args.eval_only)
-        evaluate(model, procs, data)
+        evaluate(model, procs, data, failures=args.failures)
         if not args.no_samples:
             write_samples()
             sample_answers(model, procs)
