@@ -44,7 +44,7 @@ pub async fn model_files(
     let cache = web::open_cache().await?;
     let mut files = Vec::new();
     let mut done = LoadProgress::default();
-    let mut fetch = async |name: &str, required: bool, done: &mut LoadProgress| {
+    let fetch = async |name: &str, required: bool, done: &mut LoadProgress| {
         if cancel.is_cancelled() {
             return Err("loading was cancelled".to_owned());
         }

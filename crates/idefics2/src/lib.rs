@@ -18,7 +18,9 @@ pub mod synthetic;
 pub mod weights;
 
 pub use config::{GenerationConfig, Idefics2Config};
-pub use device::{DeviceChoice, init_device};
+pub use device::DeviceChoice;
+#[cfg(not(target_family = "wasm"))]
+pub use device::init_device;
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerationOptions, GenerationOutput, TokenEvent};
 pub use model::{Idefics2, ModelInput};
