@@ -27,5 +27,11 @@ pub const DEFAULT_MODEL: &str = concat!(
 /// "adapter name (backend)" for the status line.
 pub fn adapter_label(adapter: &burn::tensor::wgpu::wgpu::Adapter) -> String {
     let info = adapter.get_info();
-    format!("{} ({:?})", info.name, info.backend)
+    // Browsers do not name their adapter; say at least whether it is a software one.
+    let name = match (info.name.trim(), info.device_type) {
+        ("", burn::tensor::wgpu::wgpu::DeviceType::Cpu) => "software adapter",
+        ("", _) => "GPU adapter",
+        (name, _) => name,
+    };
+    format!("{name} ({:?})", info.backend)
 }
