@@ -2,11 +2,21 @@
 # Builds the browser app: crates/idefics2-app for wasm32-unknown-unknown with Debian's rustc-web
 # (rustup has no wasm target here; build-std, wasm-ld-19), then wasm-bindgen into web/pkg/.
 # Installs its Debian packages and wasm-bindgen-cli (the version in Cargo.lock) when missing.
-# Usage: web/build.sh [--debug]          then serve the repository root and open web/index.html
+# Usage: web/build.sh [--debug] [--serve [PORT]]
+#   --serve: then serve the repository root on 127.0.0.1 (default port 8080) and print the page's
+#   URL (the page loads the demo model from assets/ next to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=release
-[[ "${1:-}" == "--debug" ]] && profile=dev
+serve=""
+while (( $# )); do
+  case "$1" in
+    --debug) profile=dev ;;
+    --serve) serve=8080; [[ "${2:-}" =~ ^[0-9]+$ ]] && { serve=$2; shift; } ;;
+    *) echo "usage: web/build.sh [--debug] [--serve [PORT]]" >&2; exit 2 ;;
+  esac
+  shift
+done
 out_profile=$([[ $profile == dev ]] && echo debug || echo release)
 
 if [[ ! -x /usr/bin/rustc || ! -x /usr/bin/wasm-ld-19 || ! -d /usr/lib/rustlib/src ]]; then
@@ -33,3 +43,7 @@ fi
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
   "target/wasm/wasm32-unknown-unknown/$out_profile/idefics2_app.wasm"
 ls -l web/pkg/idefics2_app_bg.wasm
+if [[ -n "$serve" ]]; then
+  echo "open http://127.0.0.1:$serve/web/index.html  (Ctrl-C stops the server)"
+  exec python3 -m http.server --bind 127.0.0.1 "$serve"
+fi
