@@ -10,7 +10,7 @@ use burn::tensor::{DType, Device};
 use idefics2::pipeline::{Pipeline, Prompt, Request};
 use idefics2::processor::{ChatMessage, DynamicImage, ImageOptions, IncrementalDecoder};
 use idefics2::quant::QuantPolicy;
-use idefics2::{LoadProgress, ModelFiles, SamplingOptions};
+use idefics2::{LoadOptions, LoadProgress, ModelFiles, SamplingOptions};
 use web_time::Instant;
 
 /// Which model to load.
@@ -181,14 +181,13 @@ impl Engine {
                 ControlFlow::Continue(())
             }
         });
-        let pipeline = Pipeline::load_model_files(
-            &files,
-            &request.device,
-            request.precision.dtype(),
-            request.quant,
-            Some(progress),
-        )
-        .map_err(|e| format!("cannot load {label}: {e}"))?;
+        let options = LoadOptions {
+            dtype: request.precision.dtype(),
+            quant: request.quant,
+            progress: Some(progress),
+        };
+        let pipeline = Pipeline::load_model_files(&files, &request.device, options)
+            .map_err(|e| format!("cannot load {label}: {e}"))?;
         let image = pipeline.processor.image_processor.config();
         let text = &pipeline.model.config.text_config;
         let kv_bytes_per_token = 2

@@ -27,4 +27,4 @@ pub use model::{Idefics2, ModelInput};
 pub use model_files::ModelFiles;
 pub use pixels::PixelBatch;
 pub use sampling::{Sampling, SamplingOptions};
-pub use weights::{LoadProgress, ProgressFn};
+pub use weights::{LoadOptions, LoadProgress, ProgressFn};

@@ -13,7 +13,7 @@ use crate::model::{Idefics2, ModelInput};
 use crate::model_files::ModelFiles;
 use crate::processor::{ChatMessage, Idefics2Processor, ImageOptions, ProcessedBatch};
 use crate::quant::QuantPolicy;
-use crate::weights::ProgressFn;
+use crate::weights::LoadOptions;
 
 /// What the user asks: a raw prompt with `<image>` placeholders, or a chat rendered through the
 /// model's template with the generation prompt.
@@ -50,7 +50,8 @@ impl Pipeline {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
-        Self::load_model_files(&ModelFiles::dir(model_dir), device, dtype, quant, None)
+        let options = LoadOptions::new(dtype, quant);
+        Self::load_model_files(&ModelFiles::dir(model_dir), device, options)
     }
 
     /// [`load_quantized`](Self::load_quantized) for model files on disk or in memory (the
@@ -58,13 +59,11 @@ impl Pipeline {
     pub fn load_model_files(
         model: &ModelFiles,
         device: &Device,
-        dtype: DType,
-        quant: QuantPolicy,
-        progress: Option<ProgressFn<'_>>,
+        options: LoadOptions<'_>,
     ) -> Result<Self> {
         let processor = Idefics2Processor::from_model_files(model)?;
         let generation = GenerationConfig::from_model_files(model)?;
-        let model_weights = Idefics2::load_model_files(model, device, dtype, quant, progress)?;
+        let model_weights = Idefics2::load_model_files(model, device, options)?;
         let pipeline = Self {
             processor,
             model: model_weights,

@@ -206,6 +206,23 @@ pub struct LoadProgress {
 /// Sees each [`LoadProgress`]; `Break` cancels the load (it ends with [`Error::Cancelled`]).
 pub type ProgressFn<'a> = Box<dyn FnMut(LoadProgress) -> ControlFlow<()> + 'a>;
 
+/// How to load a model: float type, quantization, and who sees the progress.
+pub struct LoadOptions<'a> {
+    pub dtype: DType,
+    pub quant: QuantPolicy,
+    pub progress: Option<ProgressFn<'a>>,
+}
+
+impl LoadOptions<'_> {
+    pub fn new(dtype: DType, quant: QuantPolicy) -> Self {
+        Self {
+            dtype,
+            quant,
+            progress: None,
+        }
+    }
+}
+
 /// Hands out the model's tensors by hub name, checking each shape.
 ///
 /// In check mode it uploads nothing (it returns 1-element placeholders) and only records what is

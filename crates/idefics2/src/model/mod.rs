@@ -23,7 +23,7 @@ use crate::kv_cache::KvCache;
 use crate::model_files::ModelFiles;
 use crate::pixels::PixelBatch;
 use crate::quant::QuantPolicy;
-use crate::weights::{ProgressFn, TensorLoader, WeightFiles};
+use crate::weights::{LoadOptions, TensorLoader, WeightFiles};
 use attention::key_padding_mask;
 use connector::Connector;
 use layers::Linear;
@@ -126,7 +126,8 @@ impl Idefics2 {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
-        Self::load_model_files(&ModelFiles::dir(model_dir), device, dtype, quant, None)
+        let options = LoadOptions::new(dtype, quant);
+        Self::load_model_files(&ModelFiles::dir(model_dir), device, options)
     }
 
     /// [`load_quantized`](Self::load_quantized) for model files on disk or in memory; `progress`
@@ -134,14 +135,12 @@ impl Idefics2 {
     pub fn load_model_files(
         model: &ModelFiles,
         device: &Device,
-        dtype: DType,
-        quant: QuantPolicy,
-        progress: Option<ProgressFn<'_>>,
+        options: LoadOptions<'_>,
     ) -> Result<Self> {
         let config = Idefics2Config::from_model_files(model)?;
         config.validate(&model.path("config.json"))?;
         let files = WeightFiles::open_model(model)?;
-        Self::load_weights(config, &files, device, dtype, quant, progress)
+        Self::load_weights(config, &files, device, options)
     }
 
     /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
@@ -184,17 +183,20 @@ impl Idefics2 {
         dtype: DType,
         quant: QuantPolicy,
     ) -> Result<Self> {
-        Self::load_weights(config, files, device, dtype, quant, None)
+        Self::load_weights(config, files, device, LoadOptions::new(dtype, quant))
     }
 
     fn load_weights(
         config: Idefics2Config,
         files: &WeightFiles,
         device: &Device,
-        dtype: DType,
-        quant: QuantPolicy,
-        progress: Option<ProgressFn<'_>>,
+        options: LoadOptions<'_>,
     ) -> Result<Self> {
+        let LoadOptions {
+            dtype,
+            quant,
+            progress,
+        } = options;
         Self::check_device(device, dtype)?;
         let (policy, prequantized) =
             Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
