@@ -25,7 +25,12 @@ pub fn init_device(choice: DeviceChoice) -> Result<Device> {
 /// Browser and async callers.
 pub async fn init_device_async(choice: DeviceChoice) -> Result<Device> {
     match choice {
+        #[cfg(not(target_family = "wasm"))]
         DeviceChoice::Cpu => Ok(Device::flex()),
+        #[cfg(target_family = "wasm")]
+        DeviceChoice::Cpu => Err(Error::Device(
+            "the browser build has no CPU device: use WebGPU".into(),
+        )),
         DeviceChoice::Gpu => Device::wgpu_options()
             .init_async()
             .await

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod pixels;
 pub mod processor;
 pub mod quant;
+#[cfg(not(target_family = "wasm"))]
 pub mod quant_save;
 pub mod sampling;
 pub mod synthetic;

@@ -145,6 +145,7 @@ impl Idefics2 {
 
     /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
     /// without loading any weight; returns the stored tensor count and bytes.
+    #[cfg(not(target_family = "wasm"))]
     pub fn check(model_dir: &Path) -> Result<(usize, usize)> {
         let config_path = model_dir.join("config.json");
         let config = Idefics2Config::from_file(&config_path)?;
