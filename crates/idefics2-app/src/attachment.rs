@@ -63,3 +63,20 @@ impl Attachment {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_images_are_errors_naming_the_file() {
+        let ctx = egui::Context::default();
+        let error = Attachment::from_bytes(&ctx, "broken.png", b"\x89PNG not really")
+            .err()
+            .expect("garbage must not decode");
+        assert!(error.starts_with("broken.png: "), "{error}");
+        let png = include_bytes!("../../../assets/samples/shapes.png");
+        let image = Attachment::from_bytes(&ctx, "shapes.png", png).expect("sample decodes");
+        assert!(image.size().0 > 0 && image.texture.size()[0] <= THUMBNAIL as usize);
+    }
+}
