@@ -106,7 +106,10 @@ impl Script {
                 }
             }
         }
-        ctx.request_repaint_after(std::time::Duration::from_millis(50));
+        // Keep frames coming while waiting for the model, the answer or the screenshot.
+        if !matches!(self.state, State::Done) {
+            ctx.request_repaint_after(std::time::Duration::from_millis(50));
+        }
     }
 
     fn finish(

@@ -23,12 +23,12 @@ impl eframe::App for ChatApp {
             .default_size(280.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
+                    let can_reload = !self.busy() && self.source.is_some();
                     let info = match &self.model {
-                        ModelState::Ready(info) => Some(info.clone()),
+                        ModelState::Ready(info) => Some(info),
                         _ => None,
                     };
-                    let can_reload = !self.busy() && self.source.is_some();
-                    if self.settings.ui(ui, info.as_ref(), can_reload)
+                    if self.settings.ui(ui, info, can_reload)
                         && let Some(source) = self.source.clone()
                     {
                         self.load(source);

@@ -100,11 +100,6 @@ impl Worker {
         }
     }
 
-    /// Something that arrives outside the engine (a dropped file read in the browser, say).
-    pub fn sender(&self) -> mpsc::Sender<Event> {
-        self.events_tx.clone()
-    }
-
     pub fn poll(&self) -> Vec<Event> {
         self.events.try_iter().collect()
     }

@@ -256,10 +256,14 @@ impl GenerationConfig {
     /// `generation_config.json`; defaults when the model has none.
     pub fn from_model_files(model: &ModelFiles) -> Result<Self> {
         let name = "generation_config.json";
-        if !model.exists(name) {
+        let io_error = |source| Error::Io {
+            path: model.path(name),
+            source,
+        };
+        let Some(text) = model.read_text(name).map_err(io_error)? else {
             return Ok(Self::default());
-        }
-        serde_json::from_str(&read_model_text(model, name)?).map_err(|source| Error::Json {
+        };
+        serde_json::from_str(&text).map_err(|source| Error::Json {
             path: model.path(name),
             source,
         })

@@ -80,14 +80,6 @@ impl ModelFiles {
         }
     }
 
-    /// The directory, when the files are on disk.
-    pub fn dir_path(&self) -> Option<&Path> {
-        match self {
-            Self::Dir(dir) => Some(dir),
-            Self::Memory { .. } => None,
-        }
-    }
-
     /// A short name for the model: the folder's name or the label.
     pub fn label(&self) -> String {
         match self {
@@ -96,13 +88,6 @@ impl ModelFiles {
                 |n| n.to_string_lossy().into_owned(),
             ),
             Self::Memory { label, .. } => label.clone(),
-        }
-    }
-
-    pub fn exists(&self, name: &str) -> bool {
-        match self {
-            Self::Dir(dir) => dir.join(name).exists(),
-            Self::Memory { files, .. } => files.contains_key(name),
         }
     }
 
@@ -134,20 +119,31 @@ impl ModelFiles {
     /// A weight file: memory-mapped on disk (no copy into the heap), shared in memory.
     pub fn map(&self, name: &str) -> io::Result<FileBytes> {
         match self {
-            #[cfg(not(target_family = "wasm"))]
-            Self::Dir(dir) => {
-                let file = std::fs::File::open(dir.join(name))?;
-                // SAFETY: the map is read-only; a checkpoint rewritten while we read it is the
-                // user's race, as with every mmap-based loader.
-                #[allow(unsafe_code)]
-                let map = unsafe { memmap2::Mmap::map(&file) }?;
-                Ok(FileBytes::Mapped(map))
-            }
-            _ => self.read(name)?.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, format!("no file named {name}"))
-            }),
+            Self::Dir(dir) => map_file(&dir.join(name)),
+            Self::Memory { files, .. } => files
+                .get(name)
+                .cloned()
+                .map(FileBytes::Shared)
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no file named {name}"))
+                }),
         }
     }
+}
+
+/// A file on disk, memory-mapped (read into memory where there is no mmap: wasm).
+pub fn map_file(path: &Path) -> io::Result<FileBytes> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the map is read-only; a checkpoint rewritten while we read it is the
+        // user's race, as with every mmap-based loader.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        Ok(FileBytes::Mapped(map))
+    }
+    #[cfg(target_family = "wasm")]
+    std::fs::read(path).map(|bytes| FileBytes::Shared(bytes.into()))
 }
 
 fn base_name(name: &str) -> &str {
@@ -161,7 +157,6 @@ mod tests {
     #[test]
     fn memory_files_drop_folders_and_report_absence() {
         let files = ModelFiles::memory("picked", [("tiny/config.json".to_owned(), b"{}".to_vec())]);
-        assert!(files.exists("config.json"));
         assert_eq!(
             files.read_text("config.json").unwrap().as_deref(),
             Some("{}")

@@ -12,7 +12,7 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result, ShapeMismatch};
 use crate::model::row_chunks::RowChunks;
-use crate::model_files::{FileBytes, ModelFiles};
+use crate::model_files::{FileBytes, ModelFiles, map_file};
 use crate::quant::{PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, packed_names};
 
 /// Where one tensor lives inside the mapped files.
@@ -69,16 +69,10 @@ impl WeightFiles {
         let buffers = files
             .iter()
             .map(|path| {
-                let (dir, name) = (path.parent().unwrap_or(Path::new("")), path.file_name());
-                let name = name
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let map = ModelFiles::dir(dir)
-                    .map(&name)
-                    .map_err(|source| Error::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let map = map_file(path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 Ok((path.clone(), map))
             })
             .collect::<Result<Vec<_>>>()?;
