@@ -14,19 +14,22 @@
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
 // Template parameters: workgroup_size, bits, signed (true: two's-complement codes), group_words
-// (words per group), x_binding and x_quad_body (x read as vec4s when k_in is a multiple of 4,
-// else as floats), zero_point_binding (the zeros declaration or nothing), and the code generated
-// for the number of rows: init (accumulators), group_init, word_body (one word, x unguarded),
-// word_body_tail (the last word when it runs past k_in), group_end, store.
+// (words per group), quads_per_thread (QPT), x_binding and x_quad_body (x read as vec4s when k_in
+// is a multiple of 4, else as floats), zero_point_binding (the zeros declaration or nothing), and
+// the code generated for the numbers of rows and quads: quads (the thread's quad indices), init
+// (accumulators), group_init, word_body (one word per quad, x unguarded), word_body_tail (the
+// last word when it runs past k_in), group_end (scales and zero points), store.
 //
 // No workgroup memory, no barrier (barriers are very expensive on CPU implementations such as
-// lavapipe), no arrays indexed in loops (CPU compilers spill those): every thread owns 4 adjacent
-// output columns, n0..n0+4, for all rows, and reads them as one vec4 per packed word, so
-// neighbouring threads read neighbouring 16-byte words (coalesced). Each x value it loads serves
-// the 4 columns. It walks its slice of K (groups_per_split groups) keeping the sums in registers;
+// lavapipe), no arrays indexed in loops (CPU compilers spill those): every thread owns QPT quads
+// of 4 adjacent output columns, for all rows, and reads each quad as one vec4 per packed word.
+// GPUs take QPT = 1, so neighbouring threads read neighbouring 16-byte words (coalesced); CPU
+// implementations, which load buffers lane by lane, take QPT = 4, so each x value a thread loads
+// serves 16 columns instead of 4. It walks its slice of K (groups_per_split groups) keeping the
+// sums in registers;
 // per group it takes the dot products of the integer codes with x, then applies the scale and the
 // zero point once:  sum_k x_k (q_k - zero) scale = scale (sum_k x_k q_k - zero sum_k x_k).
-// Grid: (column quads / workgroup_size, splits); slice s writes out[s, r, n], and the launcher
+// Grid: (column quads / (workgroup_size QPT), splits); slice s writes out[s, r, n], and the launcher
 // adds the slices up when there is more than one.
 
 struct Params {
@@ -45,6 +48,7 @@ const BITS: u32 = {{bits}}u;
 const VALUES_PER_WORD: u32 = 32u / BITS;
 const SIGNED: bool = {{signed}};
 const GROUP_WORDS: u32 = {{group_words}}u;
+const QPT: u32 = {{quads_per_thread}}u;
 
 {{x_binding}}
 @group(0) @binding(1) var<storage, read_write> words: array<vec4<u32>>;
@@ -93,9 +97,10 @@ fn main(
     let n_out = params.n_out;
     let k_in = params.k_in;
     let quads = params.n_pad / 4u;
-    let quad = workgroup.x * WG + tid;
-    // Threads past the last quad read the last one (in bounds) and write nothing.
-    let q = min(quad, quads - 1u);
+    let thread = workgroup.x * WG + tid;
+    // The thread's column quads qd0.. (QPT of them); past the last quad it reads the last one (in
+    // bounds) and writes nothing.
+{{quads}}
     let split = workgroup.y;
     let g_begin = split * params.groups_per_split;
     let g_end = min(g_begin + params.groups_per_split, params.groups_per_row);
@@ -108,11 +113,8 @@ fn main(
         for (var gw = 0u; gw < GROUP_WORDS; gw++) {
             let w = g * GROUP_WORDS + gw;
             let k0 = w * VALUES_PER_WORD;
-            let word = words[w * quads + q];
 {{word_body}}
         }
-        let at = g * quads + q;
-        let scale = scales[at];
 {{group_end}}
     }
     for (var g = max(g_begin, full_groups); g < g_end; g++) {
@@ -120,17 +122,11 @@ fn main(
         for (var gw = 0u; gw < GROUP_WORDS; gw++) {
             let w = g * GROUP_WORDS + gw;
             let k0 = w * VALUES_PER_WORD;
-            let word = words[w * quads + q];
 {{word_body_tail}}
         }
-        let at = g * quads + q;
-        let scale = scales[at];
 {{group_end}}
     }
 
-    if (quad < quads) {
-        let base = split * params.m * n_out;
-        let n0 = 4u * quad;
+    let base = split * params.m * n_out;
 {{store}}
-    }
 }

@@ -37,10 +37,13 @@ pub struct BenchArgs {
     /// Timed runs per setting, after one warm-up run (the first run of a shape compiles kernels).
     #[arg(long, default_value_t = 2)]
     pub runs: usize,
-    /// Also measure the kernels (copy, quantized GEMV and GEMM, burn's matmul); default: on
-    /// a GPU device.
+    /// Also measure the kernels (copy, quantized GEMV and GEMM, burn's matmul, flash attention
+    /// against attention in burn ops); default: on a GPU device.
     #[arg(long, value_enum)]
     pub kernels: Option<crate::options::OnOff>,
+    /// Prompt lengths of the attention figures (causal prefill of one Mistral-7B layer).
+    #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096, 8192])]
+    pub attention_tokens: Vec<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -187,7 +190,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if idefics2_kernels::WgpuCaps::of(&device).is_none() {
             anyhow::bail!("--kernels on needs --device gpu");
         }
-        idefics2_kernels::figures::measure(&device, Default::default(), 5)
+        let shapes = idefics2_kernels::figures::FigureShapes {
+            attention_tokens: args.attention_tokens.clone(),
+            ..Default::default()
+        };
+        idefics2_kernels::figures::measure(&device, &shapes, 5)
     } else {
         Vec::new()
     };
@@ -260,5 +267,14 @@ fn print_kernels(
             fmt(k.gflop_per_s)
         );
     }
-    println!("| flash attention | - | - | - | not written yet (issue 4) |");
+    // Each flash attention figure is followed by burn's on the same shape.
+    for pair in kernels.windows(2) {
+        if pair[0].kernel.starts_with("flash attention") && pair[1].shape == pair[0].shape {
+            println!(
+                "flash attention {:.2}x as fast as burn ops at {}",
+                pair[1].milliseconds / pair[0].milliseconds,
+                pair[0].shape
+            );
+        }
+    }
 }

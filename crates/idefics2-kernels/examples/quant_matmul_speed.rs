@@ -1,7 +1,7 @@
 //! Rough speed of the quantized matmul kernels against burn's f32 matmul on the default wgpu
 //! adapter, with the copy kernel's bandwidth as the yardstick:
 //! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
-//! unless given).
+//! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread.
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
 //! the output, over the time.
@@ -14,6 +14,12 @@ use idefics2_kernels::{
 };
 
 fn main() {
+    if let Some(quads) = std::env::var("IDEFICS2_GEMV_QUADS")
+        .ok()
+        .and_then(|q| q.parse().ok())
+    {
+        idefics2_kernels::force_gemv_quads_per_thread(Some(quads));
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

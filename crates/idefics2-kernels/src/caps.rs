@@ -74,6 +74,37 @@ impl WgpuCaps {
     }
 }
 
+/// Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader, WARP): a few
+/// cores, so the kernels skip the extra parallelism (and passes) that GPUs need.
+pub(crate) fn is_cpu_adapter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader", "basic render"]
+        .iter()
+        .any(|cpu| name.contains(cpu))
+}
+
+/// Whether `device` is a wgpu device on a CPU adapter (see [`is_cpu_adapter`]).
+pub(crate) fn device_is_cpu_adapter(device: &Device) -> bool {
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) => {
+            is_cpu_adapter(&cube.client().properties().identity.name)
+        }
+        _ => false,
+    }
+}
+
 fn kernels_fit(runtime: &str, workgroup_invocations: u32, workgroup_storage_bytes: usize) -> bool {
     runtime.contains("wgsl") && workgroup_invocations >= 256 && workgroup_storage_bytes >= 16 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_adapters_are_recognized() {
+        assert!(is_cpu_adapter("llvmpipe (LLVM 15.0.6, 256 bits)"));
+        assert!(is_cpu_adapter("SwiftShader Device (Subzero)"));
+        assert!(!is_cpu_adapter("NVIDIA H100 80GB HBM3"));
+    }
 }

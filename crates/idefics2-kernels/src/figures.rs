@@ -1,12 +1,14 @@
 //! Kernel figures for `idefics2 bench`: the copy kernel's bandwidth, the quantized GEMV's
-//! effective bandwidth beside it, and GEMM throughput, each next to burn's own f32 matmul on the
-//! same adapter. Times are wall-clock over several launches closed by one device sync.
+//! effective bandwidth beside it, GEMM throughput, each next to burn's own f32 matmul on the same
+//! adapter, and the flash attention next to attention in burn ops (matmul, softmax, matmul).
+//! Times are wall-clock over several launches closed by one device sync.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde_json::{Value, json};
 
+use crate::attention::{AttentionMask, attention_kernel, attention_reference};
 use crate::copy::copy_kernel;
 use crate::format::QuantFormat;
 use crate::quant_matmul::quant_matmul;
@@ -33,14 +35,20 @@ impl KernelFigure {
 }
 
 /// Shapes of the measurements: Mistral-7B's MLP projection for the GEMVs, a prefill of
-/// `gemm_rows` tokens through a 4096x4096 projection for the GEMMs.
-#[derive(Debug, Clone, Copy)]
+/// `gemm_rows` tokens through a 4096x4096 projection for the GEMMs, and causal prefill attention
+/// of one Mistral-7B layer (32 query heads over 8 key/value heads of 128) for each length in
+/// `attention_tokens`.
+#[derive(Debug, Clone)]
 pub struct FigureShapes {
     pub gemv_n: usize,
     pub gemv_k: usize,
     pub gemm_rows: usize,
     pub gemm_nk: usize,
     pub copy_floats: usize,
+    pub attention_tokens: Vec<usize>,
+    pub attention_heads: usize,
+    pub attention_kv_heads: usize,
+    pub attention_head_dim: usize,
 }
 
 impl Default for FigureShapes {
@@ -51,6 +59,10 @@ impl Default for FigureShapes {
             gemm_rows: 256,
             gemm_nk: 4096,
             copy_floats: 16 << 20,
+            attention_tokens: vec![1024, 4096, 8192],
+            attention_heads: 32,
+            attention_kv_heads: 8,
+            attention_head_dim: 128,
         }
     }
 }
@@ -75,8 +87,9 @@ fn weight(n: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Measures the kernels on a wgpu `device`.
-pub fn measure(device: &Device, shapes: FigureShapes, iters: usize) -> Vec<KernelFigure> {
+/// Measures the kernels on a wgpu `device`: `iters` launches each after a warm-up, one launch for
+/// the attention at 4k tokens and more (seconds each on CPU adapters).
+pub fn measure(device: &Device, shapes: &FigureShapes, iters: usize) -> Vec<KernelFigure> {
     let mut figures = Vec::new();
     let gb = |bytes: usize, ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
 
@@ -153,6 +166,58 @@ pub fn measure(device: &Device, shapes: FigureShapes, iters: usize) -> Vec<Kerne
             gb_per_s: None,
             gflop_per_s: Some(flops / (ms * 1e-3) / 1e9),
         });
+    }
+    figures.extend(attention_figures(device, shapes, iters));
+    figures
+}
+
+/// Causal prefill attention at each length of `shapes.attention_tokens`: the flash attention
+/// kernel, then the same in burn ops ([`attention_reference`], in query blocks of 64 MiB of
+/// scores). GFLOP/s counts the multiply-adds of the unmasked half of the scores, for both.
+pub fn attention_figures(
+    device: &Device,
+    shapes: &FigureShapes,
+    iters: usize,
+) -> Vec<KernelFigure> {
+    let (heads, kv_heads, d) = (
+        shapes.attention_heads,
+        shapes.attention_kv_heads,
+        shapes.attention_head_dim,
+    );
+    let mask = AttentionMask {
+        causal: true,
+        ..AttentionMask::default()
+    };
+    let scale = (d as f64).powf(-0.5);
+    let mut figures = Vec::new();
+    for &n in &shapes.attention_tokens {
+        let normal =
+            |h: usize| Tensor::<4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), device);
+        let (q, k, v) = (normal(heads), normal(kv_heads), normal(kv_heads));
+        // QK^T and PV over the causal half: 2 matmuls x 2 flops x heads x n^2/2 x d.
+        let flops = 2.0 * (heads * n * n * d) as f64;
+        let iters = if n >= 4096 { 1 } else { iters };
+        let shape = format!("{n} tokens, {heads}/{kv_heads} heads x {d}, causal");
+        for (kernel, flash) in [
+            ("flash attention (WGSL)", true),
+            ("attention (burn ops)", false),
+        ] {
+            let ms = time_ms(device, iters, || {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                if flash {
+                    attention_kernel(q, k, v, &mask, scale)
+                } else {
+                    attention_reference(q, k, v, &mask, scale)
+                }
+            });
+            figures.push(KernelFigure {
+                kernel: kernel.into(),
+                shape: shape.clone(),
+                milliseconds: ms,
+                gb_per_s: None,
+                gflop_per_s: Some(flops / (ms * 1e-3) / 1e9),
+            });
+        }
     }
     figures
 }

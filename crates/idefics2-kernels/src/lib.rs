@@ -8,25 +8,35 @@
 //! let w = upload(&packed, &device)?;
 //! let y = quant_matmul(x, &w); // [..., k_in] -> [..., n_out]
 //! ```
+//! Flash attention (`softmax(q k^T * scale + mask) v` in one pass over the keys, grouped-query
+//! heads, causal/sliding-window/key-padding masks): [`attention`].
+//!
 //! The WGSL sources live in the repository's `shaders/` folder.
 
+mod attention;
 mod caps;
 mod copy;
 mod error;
 pub mod figures;
 mod format;
+mod info_words;
 mod quant_matmul;
 mod quantize;
 mod reference;
 mod weight;
 
+pub use attention::{
+    AttentionMask, FlashAttentionBackend, MASKED, MAX_SCORE_BYTES, attention, attention_kernel,
+    attention_reference, attention_reference_in_blocks, force_attention_rows_per_thread,
+    force_attention_splits, uses_attention_kernel,
+};
 pub use caps::WgpuCaps;
 pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{
-    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_splits, quant_matmul, quant_matmul_kernel,
-    uses_kernels,
+    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits,
+    quant_matmul, quant_matmul_kernel, uses_kernels,
 };
 pub use quantize::{PackedWeight, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};

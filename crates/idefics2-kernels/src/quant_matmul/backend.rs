@@ -12,7 +12,9 @@ use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::tensor::{DType, Shape};
 
 use super::source::{GEMM_TILE, GEMV_COLS, GEMV_MAX_ROWS, GEMV_WORKGROUP, QuantGemm, QuantGemv};
+use crate::caps::is_cpu_adapter;
 use crate::format::QuantFormat;
+use crate::info_words::pack_words;
 use crate::weight::padded_n_out;
 
 /// Largest workgroup count along one grid dimension (WebGPU's default limit).
@@ -128,8 +130,8 @@ fn launch(
     let client = x.client.clone();
     let gemv = (1..=GEMV_MAX_ROWS).contains(&m);
     // The GEMV's K slices, each with its partial sums [m, n_out] in `out`.
+    let cpu = is_cpu_adapter(&client.properties().identity.name);
     let (splits, groups_per_split) = if gemv {
-        let cpu = is_cpu_adapter(&client.properties().identity.name);
         gemv_splits(m, n_out, k_in, groups, cpu)
     } else {
         (1, groups)
@@ -143,7 +145,8 @@ fn launch(
     );
 
     let (kernel, count, grid_x): (Box<dyn CubeKernel>, CubeCount, usize) = if gemv {
-        let grid_x = n_pad.div_ceil(GEMV_WORKGROUP * GEMV_COLS);
+        let quads_per_thread = gemv_quads_per_thread(cpu);
+        let grid_x = n_pad.div_ceil(GEMV_WORKGROUP * GEMV_COLS * quads_per_thread);
         assert!(
             grid_x <= MAX_GRID_DIM && splits <= MAX_GRID_DIM,
             "GEMV too large: {n_out} columns"
@@ -151,6 +154,7 @@ fn launch(
         let kernel = QuantGemv {
             format,
             rows: m,
+            quads_per_thread,
             x_vec4: k_in.is_multiple_of(4),
         };
         let cube_dim = CubeDim::new_1d(GEMV_WORKGROUP as u32);
@@ -210,6 +214,27 @@ pub fn force_gemv_splits(splits: Option<usize>) {
     FORCED_GEMV_SPLITS.store(splits.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Column quads per GEMV thread forced (0: the rule of [`gemv_quads_per_thread`]), for tests on
+/// CPU adapters.
+static FORCED_GEMV_QUADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Forces the column quads each GEMV thread computes, or back to the automatic rule with `None`:
+/// lets tests on a CPU adapter cover the one-quad threads that GPUs run.
+#[doc(hidden)]
+pub fn force_gemv_quads_per_thread(quads: Option<usize>) {
+    FORCED_GEMV_QUADS.store(quads.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Column quads per GEMV thread: one on GPUs (neighbouring threads read neighbouring words); 4 on
+/// CPU adapters, which load buffers lane by lane, so that each x value loaded serves 16 columns.
+fn gemv_quads_per_thread(cpu: bool) -> usize {
+    match FORCED_GEMV_QUADS.load(std::sync::atomic::Ordering::SeqCst) {
+        0 if cpu => 4,
+        0 => 1,
+        forced => forced,
+    }
+}
+
 /// Threads the GEMV aims for on a GPU: enough loads in flight to approach the memory bandwidth of
 /// large GPUs when the output alone has too few columns.
 const GEMV_TARGET_THREADS: usize = 32 * 1024;
@@ -236,37 +261,9 @@ fn gemv_splits(m: usize, n_out: usize, k_in: usize, groups: usize, cpu: bool) ->
     (groups.div_ceil(groups_per_split).max(1), groups_per_split)
 }
 
-/// Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader, WARP).
-fn is_cpu_adapter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["llvmpipe", "lavapipe", "swiftshader", "basic render"]
-        .iter()
-        .any(|cpu| name.contains(cpu))
-}
-
-/// Packs u32 values two per u64 in memory order: cubecl uploads the info words as their
-/// little-endian bytes, so the shader's `Params` sees the values in order.
-fn pack_words(values: &[u32]) -> Vec<u64> {
-    values
-        .chunks(2)
-        .map(|pair| u64::from(pair[0]) | (u64::from(pair.get(1).copied().unwrap_or(0)) << 32))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn info_words_keep_value_order_in_memory() {
-        let packed = pack_words(&[1, 2, 3]);
-        let bytes: Vec<u8> = packed.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let back: Vec<u32> = bytes
-            .chunks(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(back, [1, 2, 3, 0]);
-    }
 
     #[test]
     fn gemv_splits_cover_every_group() {
@@ -284,7 +281,5 @@ mod tests {
                 assert!(splits * per >= groups && (splits - 1) * per < groups);
             }
         }
-        assert!(is_cpu_adapter("llvmpipe (LLVM 15.0.6, 256 bits)"));
-        assert!(!is_cpu_adapter("NVIDIA H100 80GB HBM3"));
     }
 }

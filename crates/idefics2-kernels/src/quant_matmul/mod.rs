@@ -4,7 +4,7 @@
 mod backend;
 mod source;
 
-pub use backend::{QuantMatmulBackend, force_gemv_splits};
+pub use backend::{QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits};
 pub use source::GEMV_MAX_ROWS;
 
 use burn::backend::Dispatch;

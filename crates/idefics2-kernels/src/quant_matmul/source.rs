@@ -14,11 +14,13 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// Output tile of one GEMM workgroup (rows and columns).
 pub(crate) const GEMM_TILE: usize = 64;
 
-/// GEMV for `rows` activation rows (1..=[`GEMV_MAX_ROWS`]); `x_vec4` when `k_in` is a multiple
-/// of 4 (x is then read as vec4s).
+/// GEMV for `rows` activation rows (1..=[`GEMV_MAX_ROWS`]), each thread computing
+/// `quads_per_thread` quads of [`GEMV_COLS`] columns; `x_vec4` when `k_in` is a multiple of 4 (x
+/// is then read as vec4s).
 pub(crate) struct QuantGemv {
     pub format: QuantFormat,
     pub rows: usize,
+    pub quads_per_thread: usize,
     pub x_vec4: bool,
 }
 
@@ -42,9 +44,11 @@ impl KernelSource for QuantGemv {
                 "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
             )
         };
-        let code = GemvCode::new(self.format, self.rows);
+        let code = GemvCode::new(self.format, self.rows, self.quads_per_thread);
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemv.wgsl"))
             .register("workgroup_size", GEMV_WORKGROUP.to_string())
+            .register("quads_per_thread", self.quads_per_thread.to_string())
+            .register("quads", code.quad_indices())
             .register("x_binding", x_binding)
             .register("x_quad_body", x_quad_body)
             .register("init", code.init())
@@ -57,7 +61,7 @@ impl KernelSource for QuantGemv {
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.format, self.rows, self.x_vec4))
+        KernelId::new::<Self>().info((self.format, self.rows, self.quads_per_thread, self.x_vec4))
     }
 
     fn lang(&self) -> &'static str {
@@ -65,11 +69,12 @@ impl KernelSource for QuantGemv {
     }
 }
 
-/// The GEMV's statements written out row by row: every row's sums live in their own variables
-/// (`acc{r}`, `dot{r}`, `xsum{r}`; vec4s over the thread's 4 columns), so that no compiler has to
-/// unroll loops over arrays to keep them in registers.
+/// The GEMV's statements written out row by row and quad by quad: every row's sums live in their
+/// own variables (`acc{r}_{u}`, `dot{r}_{u}`: vec4s over quad `u`'s 4 columns; `xsum{r}`), so
+/// that no compiler has to unroll loops over arrays to keep them in registers.
 struct GemvCode {
     rows: usize,
+    quads: usize,
     values_per_word: usize,
     zero_point: bool,
 }
@@ -77,48 +82,72 @@ struct GemvCode {
 const LANES: [&str; 4] = ["x", "y", "z", "w"];
 
 impl GemvCode {
-    fn new(format: QuantFormat, rows: usize) -> Self {
+    fn new(format: QuantFormat, rows: usize, quads: usize) -> Self {
         Self {
             rows,
+            quads,
             values_per_word: format.values_per_word(),
             zero_point: format.has_zero_point(),
         }
     }
 
-    fn lines(&self, per_row: impl Fn(usize) -> String) -> String {
-        (0..self.rows).map(per_row).collect::<Vec<_>>().join("\n")
+    /// One line per (row, quad).
+    fn lines(&self, indent: &str, line: impl Fn(usize, usize) -> String) -> String {
+        (0..self.rows)
+            .flat_map(|r| (0..self.quads).map(move |u| (r, u)))
+            .map(|(r, u)| format!("{indent}{}", line(r, u)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The thread's quads: `qd{u}` (may lie past the last quad: nothing is stored then) and
+    /// `q{u}` (clamped, for loads).
+    fn quad_indices(&self) -> String {
+        (0..self.quads)
+            .map(|u| {
+                format!(
+                    "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn init(&self) -> String {
-        self.lines(|r| format!("    var acc{r} = vec4<f32>(0.0);"))
+        self.lines("    ", |r, u| format!("var acc{r}_{u} = vec4<f32>(0.0);"))
     }
 
     fn group_init(&self) -> String {
-        self.lines(|r| {
-            let mut line = format!("        var dot{r} = vec4<f32>(0.0);");
-            if self.zero_point {
-                line += &format!(" var xsum{r} = 0.0;");
+        let mut out = self.lines("        ", |r, u| {
+            format!("var dot{r}_{u} = vec4<f32>(0.0);")
+        });
+        if self.zero_point {
+            for r in 0..self.rows {
+                out += &format!("\n        var xsum{r} = 0.0;");
             }
-            line
-        })
+        }
+        out
     }
 
-    /// One packed word (`word`, starting at `k0`): its x values per row, their sums (for the zero
-    /// point), the codes, and the products.
+    /// One packed word per quad (starting at `k0`): the x values per row (loaded once for all
+    /// quads), their sums (for the zero point), the codes, and the products.
     fn word_body(&self, guarded: bool) -> String {
-        let indent = "                ";
-        let quads = self.values_per_word / 4;
+        let indent = "            ";
+        let x_quads = self.values_per_word / 4;
         let load = if guarded { "x_quad_guarded" } else { "x_quad" };
         let mut out = Vec::new();
+        for u in 0..self.quads {
+            out.push(format!("{indent}let word{u} = words[w * quads + q{u}];"));
+        }
         for r in 0..self.rows {
-            for j in 0..quads {
+            for j in 0..x_quads {
                 out.push(format!(
                     "{indent}let x{r}_{j} = {load}({r}u, k0 + {}u);",
                     4 * j
                 ));
             }
             if self.zero_point {
-                let sum = (0..quads)
+                let sum = (0..x_quads)
                     .map(|j| format!("x{r}_{j}"))
                     .collect::<Vec<_>>()
                     .join(" + ");
@@ -126,41 +155,53 @@ impl GemvCode {
             }
         }
         for i in 0..self.values_per_word {
-            out.push(format!("{indent}let c{i} = codes(word, {i}u);"));
-            for r in 0..self.rows {
-                out.push(format!(
-                    "{indent}dot{r} += x{r}_{}.{} * c{i};",
-                    i / 4,
-                    LANES[i % 4]
-                ));
+            for u in 0..self.quads {
+                out.push(format!("{indent}let c{u}_{i} = codes(word{u}, {i}u);"));
+                for r in 0..self.rows {
+                    out.push(format!(
+                        "{indent}dot{r}_{u} += x{r}_{}.{} * c{u}_{i};",
+                        i / 4,
+                        LANES[i % 4]
+                    ));
+                }
             }
         }
         out.join("\n")
     }
 
+    /// Each quad's scale (and zero point) applied to the group's sums.
     fn group_end(&self) -> String {
+        let indent = "        ";
         let mut out = Vec::new();
-        if self.zero_point {
-            out.push("        let zero = zeros[at];".to_string());
+        for u in 0..self.quads {
+            out.push(format!("{indent}let scale{u} = scales[g * quads + q{u}];"));
+            if self.zero_point {
+                out.push(format!("{indent}let zero{u} = zeros[g * quads + q{u}];"));
+            }
         }
-        for r in 0..self.rows {
-            out.push(if self.zero_point {
-                format!("        acc{r} += scale * (dot{r} - zero * xsum{r});")
+        out.push(self.lines(indent, |r, u| {
+            if self.zero_point {
+                format!("acc{r}_{u} += scale{u} * (dot{r}_{u} - zero{u} * xsum{r});")
             } else {
-                format!("        acc{r} += scale * dot{r};")
-            });
-        }
+                format!("acc{r}_{u} += scale{u} * dot{r}_{u};")
+            }
+        }));
         out.join("\n")
     }
 
     fn store(&self) -> String {
         let mut out = Vec::new();
-        for r in 0..self.rows {
-            for (c, lane) in LANES.iter().enumerate() {
-                out.push(format!(
-                    "        if (n0 + {c}u < n_out) {{ out[base + {r}u * n_out + n0 + {c}u] = acc{r}.{lane}; }}"
-                ));
+        for u in 0..self.quads {
+            out.push(format!("    if (qd{u} < quads) {{"));
+            out.push(format!("        let n0 = 4u * qd{u};"));
+            for r in 0..self.rows {
+                for (c, lane) in LANES.iter().enumerate() {
+                    out.push(format!(
+                        "        if (n0 + {c}u < n_out) {{ out[base + {r}u * n_out + n0 + {c}u] = acc{r}_{u}.{lane}; }}"
+                    ));
+                }
             }
+            out.push("    }".into());
         }
         out.join("\n")
     }
@@ -229,6 +270,7 @@ mod tests {
             let gemv = QuantGemv {
                 format,
                 rows: 3,
+                quads_per_thread: 2,
                 x_vec4: true,
             }
             .source()
@@ -242,7 +284,7 @@ mod tests {
                     format.has_zero_point()
                 );
             }
-            assert!(gemv.contains("acc2") && !gemv.contains("acc3"));
+            assert!(gemv.contains("acc2_1") && !gemv.contains("acc3_") && !gemv.contains("acc0_2"));
             let group_words = format.group() / format.values_per_word();
             assert!(gemm.contains(&format!("const GROUP_WORDS: u32 = {group_words}u;")));
         }

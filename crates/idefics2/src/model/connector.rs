@@ -4,6 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::config::Idefics2Config;
+use crate::model::attention::AttentionMask;
 use crate::model::layers::GatedMlp;
 use crate::model::perceiver::PerceiverResampler;
 use crate::weights::TensorLoader;
@@ -36,9 +37,9 @@ impl Connector {
 
     /// # Shapes
     /// - `image_hidden`: `[images, patches, vision_hidden]`
-    /// - `mask`: additive f32 `[images, n_latents, patches + n_latents]`
+    /// - `mask`: key padding over `patches + n_latents` keys
     /// - returns `[images, n_latents, text_hidden]`
-    pub fn forward(&self, image_hidden: Tensor<3>, mask: Option<Tensor<3>>) -> Tensor<3> {
+    pub fn forward(&self, image_hidden: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
         let context = self.modality_projection.forward(image_hidden);
         self.perceiver_resampler.forward(context, mask)
     }

@@ -24,7 +24,7 @@ use crate::model_files::ModelFiles;
 use crate::pixels::PixelBatch;
 use crate::quant::QuantPolicy;
 use crate::weights::{LoadOptions, TensorLoader, WeightFiles};
-use attention::key_padding_mask;
+use attention::AttentionMask;
 use connector::Connector;
 use layers::Linear;
 use text::{TextModel, decoder_mask};
@@ -315,10 +315,8 @@ impl Idefics2 {
             TensorData::new(input.position_ids.clone(), [n, p]),
             &self.device,
         );
-        let mask = input
-            .has_padding()
-            .then(|| self.mask_tensor(key_padding_mask(&input.patch_mask, n, p, p), [n, p, p]));
-        self.model.vision_model.forward(patches, ids, mask)
+        let mask = AttentionMask::key_padding(&input.patch_mask, n, p, &self.device);
+        self.model.vision_model.forward(patches, ids, &mask)
     }
 
     /// The connector's output for the encoder's output.
@@ -327,15 +325,13 @@ impl Idefics2 {
     /// `vision_hidden`: `[images, patches, vision_hidden]` -> `[images, n_latents, text_hidden]`
     pub fn connector_out(&self, input: &VisionInput, vision_hidden: Tensor<3>) -> Tensor<3> {
         let (n, p, l) = (input.images, input.num_patches(), self.image_seq_len());
-        let mask = input.has_padding().then(|| {
-            let valid: Vec<bool> = input
-                .patch_mask
-                .chunks(p)
-                .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(true, l)))
-                .collect();
-            self.mask_tensor(key_padding_mask(&valid, n, l, p + l), [n, l, p + l])
-        });
-        self.model.connector.forward(vision_hidden, mask)
+        let valid: Vec<bool> = input
+            .patch_mask
+            .chunks(p)
+            .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(true, l)))
+            .collect();
+        let mask = AttentionMask::key_padding(&valid, n, p + l, &self.device);
+        self.model.connector.forward(vision_hidden, &mask)
     }
 
     /// Image features for all real images of a batch, in row-major (batch, image) order.
@@ -451,20 +447,25 @@ impl Idefics2 {
         cache: &mut KvCache,
     ) -> Result<Tensor<3>> {
         let [batch, seq, _] = embeds.dims();
+        let keys = cache.len() + seq;
+        if attention_mask.len() != batch * keys || positions.len() != batch * seq {
+            return Err(Error::InputShape {
+                what: "attention_mask / positions".into(),
+                expected: vec![batch * keys, batch * seq],
+                got: vec![attention_mask.len(), positions.len()],
+            });
+        }
         cache.reserve(seq)?;
-        let past = cache.len();
         let mask = decoder_mask(
             attention_mask,
             batch,
-            past,
-            seq,
             self.config.text_config.sliding_window,
+            &self.device,
         );
-        let mask = self.mask_tensor(mask, [batch, seq, past + seq]);
         Ok(self
             .model
             .text_model
-            .forward(embeds, positions, mask, cache))
+            .forward(embeds, positions, &mask, cache))
     }
 
     /// # Shapes
@@ -475,10 +476,5 @@ impl Idefics2 {
 
     fn float_tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         Tensor::<D>::from_data(TensorData::new(values, shape), &self.device).cast(self.dtype)
-    }
-
-    /// Masks stay f32: attention adds them to f32 scores.
-    fn mask_tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        Tensor::<D>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
     }
 }

@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use crate::config::PerceiverConfig;
-use crate::model::attention::{attention, merge_heads, split_heads};
+use crate::model::attention::{AttentionMask, attention, split_heads};
 use crate::model::layers::{GatedMlp, Linear, RmsNorm};
 use crate::weights::TensorLoader;
 
@@ -103,9 +103,9 @@ impl PerceiverResampler {
 
     /// # Shapes
     /// - `context`: `[images, patches, hidden]`
-    /// - `mask`: additive f32 `[images, n_latents, patches + n_latents]` (padding patches masked)
+    /// - `mask`: key padding over `patches + n_latents` keys (padding patches masked)
     /// - returns `[images, n_latents, hidden]`
-    pub fn forward(&self, context: Tensor<3>, mask: Option<Tensor<3>>) -> Tensor<3> {
+    pub fn forward(&self, context: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
         let [images, _, hidden] = context.dims();
         let [n_latents, _] = self.latents.dims();
         let mut latents = self
@@ -119,7 +119,7 @@ impl PerceiverResampler {
             let normed_context = layer.input_context_norm.forward(context.clone());
             let attended = layer
                 .self_attn
-                .forward(normed_latents, normed_context, mask.clone());
+                .forward(normed_latents, normed_context, mask);
             latents = residual + attended;
             let residual = latents.clone();
             latents = residual
@@ -132,12 +132,7 @@ impl PerceiverResampler {
 }
 
 impl PerceiverAttention {
-    fn forward(
-        &self,
-        latents: Tensor<3>,
-        context: Tensor<3>,
-        mask: Option<Tensor<3>>,
-    ) -> Tensor<3> {
+    fn forward(&self, latents: Tensor<3>, context: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
         let keys_in = Tensor::cat(vec![context, latents.clone()], 1); // [images, patches + n_latents, hidden]
         let q = split_heads(self.q_proj.forward(latents), self.num_heads, self.head_dim);
         let k = split_heads(
@@ -151,7 +146,6 @@ impl PerceiverAttention {
             self.head_dim,
         );
         let scale = (self.head_dim as f64).powf(-0.5);
-        self.o_proj
-            .forward(merge_heads(attention(q, k, v, mask, scale)))
+        self.o_proj.forward(attention(q, k, v, mask, scale))
     }
 }

@@ -3,11 +3,11 @@
 //! <https://github.com/huggingface/transformers/blob/v4.54.1/src/transformers/models/mistral/modeling_mistral.py>
 
 use super::row_chunks::RowChunks;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::config::TextConfig;
 use crate::kv_cache::KvCache;
-use crate::model::attention::{MASKED, attention, merge_heads, split_heads};
+use crate::model::attention::{AttentionMask, attention, split_heads};
 use crate::model::layers::{GatedMlp, Linear, RmsNorm};
 use crate::model::rope::{apply_rope, rope_tables};
 use crate::weights::TensorLoader;
@@ -113,13 +113,13 @@ impl TextModel {
     /// # Shapes
     /// - `embeds`: `[batch, seq, hidden]`
     /// - `positions`: `[batch * seq]` RoPE positions
-    /// - `mask`: additive f32 `[batch, seq, cache.len() + seq]` (see [`decoder_mask`])
+    /// - `mask`: over `cache.len() + seq` keys (see [`decoder_mask`])
     /// - returns the final-normed hidden states `[batch, seq, hidden]`
     pub fn forward(
         &self,
         embeds: Tensor<3>,
         positions: &[i64],
-        mask: Tensor<3>,
+        mask: &AttentionMask,
         cache: &mut KvCache,
     ) -> Tensor<3> {
         let [batch, seq, _] = embeds.dims();
@@ -137,9 +137,7 @@ impl TextModel {
         for (index, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let h = layer.input_layernorm.forward(x);
-            let h = layer
-                .self_attn
-                .forward(h, &cos, &sin, mask.clone(), cache, index);
+            let h = layer.self_attn.forward(h, &cos, &sin, mask, cache, index);
             x = residual + h;
             let residual = x.clone();
             x = residual + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
@@ -155,7 +153,7 @@ impl TextAttention {
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: Tensor<3>,
+        mask: &AttentionMask,
         cache: &mut KvCache,
         layer: usize,
     ) -> Tensor<3> {
@@ -178,35 +176,27 @@ impl TextAttention {
         let k = apply_rope(k, cos, sin);
         let (k, v) = cache.append(layer, k, v);
         let scale = (self.head_dim as f64).powf(-0.5);
-        self.o_proj
-            .forward(merge_heads(attention(q, k, v, Some(mask), scale)))
+        self.o_proj.forward(attention(q, k, v, mask, scale))
     }
 }
 
-/// The decoder's additive mask for `seq` new positions after `past` cached ones: causal, keys
-/// that are padding (`attention_mask` 0) masked, and with a sliding window `w` a query at cache
-/// index `i` sees key `j` only when `j > i - w` (`sliding_window_overlay` in masking_utils).
+/// The decoder's mask over `past` cached and `seq` new positions: causal, keys that are padding
+/// (`attention_mask` 0) masked, and with a sliding window `w` a query at cache index `i` sees
+/// key `j` only when `j > i - w` (`sliding_window_overlay` in masking_utils).
 ///
 /// # Shapes
-/// `attention_mask`: `[batch, past + seq]` -> `[batch * seq * (past + seq)]`
+/// `attention_mask`: `[batch, past + seq]`
 pub fn decoder_mask(
     attention_mask: &[u8],
     batch: usize,
-    past: usize,
-    seq: usize,
     sliding_window: Option<usize>,
-) -> Vec<f32> {
-    let total = past + seq;
-    let mut mask = Vec::with_capacity(batch * seq * total);
-    for b in 0..batch {
-        let keys = &attention_mask[b * total..(b + 1) * total];
-        for q in past..total {
-            for (k, &real) in keys.iter().enumerate() {
-                let in_window = sliding_window.is_none_or(|w| k + w > q);
-                let allowed = real != 0 && k <= q && in_window;
-                mask.push(if allowed { 0.0 } else { MASKED });
-            }
-        }
+    device: &Device,
+) -> AttentionMask {
+    let total = attention_mask.len() / batch.max(1);
+    let valid: Vec<bool> = attention_mask.iter().map(|&m| m != 0).collect();
+    AttentionMask {
+        causal: true,
+        window: sliding_window,
+        ..AttentionMask::key_padding(&valid, batch, total, device)
     }
-    mask
 }

@@ -6,7 +6,7 @@
 use burn::tensor::{Int, Tensor};
 
 use crate::config::VisionConfig;
-use crate::model::attention::{attention, merge_heads, split_heads};
+use crate::model::attention::{AttentionMask, attention, split_heads};
 use crate::model::layers::{LayerNorm, Linear, activate};
 use crate::weights::TensorLoader;
 
@@ -135,13 +135,13 @@ impl VisionModel {
     /// # Shapes
     /// - `patches`: `[images, num_patches, channels*patch*patch]` (see `crate::vision_input`)
     /// - `position_ids`: `[images, num_patches]`
-    /// - `mask`: additive f32 `[images, num_patches, num_patches]`, `None` when no patch is padding
+    /// - `mask`: key padding over the patches (no key bias when no patch is padding)
     /// - returns `[images, num_patches, hidden]`
     pub fn forward(
         &self,
         patches: Tensor<3>,
         position_ids: Tensor<2, Int>,
-        mask: Option<Tensor<3>>,
+        mask: &AttentionMask,
     ) -> Tensor<3> {
         let [images, num_patches, _] = patches.dims();
         let hidden = self.embeddings.position_embedding.dims()[1];
@@ -155,7 +155,7 @@ impl VisionModel {
         for layer in &self.layers {
             let residual = x.clone();
             let h = layer.layer_norm1.forward(x);
-            let h = layer.self_attn.forward(h, mask.clone());
+            let h = layer.self_attn.forward(h, mask);
             x = residual + h;
             let residual = x.clone();
             let h = layer.layer_norm2.forward(x);
@@ -170,7 +170,7 @@ impl VisionModel {
 }
 
 impl VisionAttention {
-    fn forward(&self, x: Tensor<3>, mask: Option<Tensor<3>>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
         let q = split_heads(
             self.q_proj.forward(x.clone()),
             self.num_heads,
@@ -183,7 +183,6 @@ impl VisionAttention {
         );
         let v = split_heads(self.v_proj.forward(x), self.num_heads, self.head_dim);
         let scale = (self.head_dim as f64).powf(-0.5);
-        self.out_proj
-            .forward(merge_heads(attention(q, k, v, mask, scale)))
+        self.out_proj.forward(attention(q, k, v, mask, scale))
     }
 }
