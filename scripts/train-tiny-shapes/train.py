@@ -784,6 +784,10 @@ def main():
         table = {"vision": VISION, "perceiver": PERCEIVER, "text": TEXT}[part]
         assert key in table, k
         table[key] = type(table[key])(v)
+    # The processor's image_seq_len, the scene head and the image-token reshape follow the
+    # perceiver's number of latents (also when --arch changes it).
+    global N_LATENTS
+    N_LATENTS = PERCEIVER["resampler_n_latents"]
     cfg = dict(TRAIN, steps=args.steps)
     for kv in args.set:
         k, v = kv.split("=", 1)
