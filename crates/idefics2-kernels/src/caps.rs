@@ -83,16 +83,6 @@ pub(crate) fn is_cpu_adapter(name: &str) -> bool {
         .any(|cpu| name.contains(cpu))
 }
 
-/// Whether `device` is a wgpu device on a CPU adapter (see [`is_cpu_adapter`]).
-pub(crate) fn device_is_cpu_adapter(device: &Device) -> bool {
-    match device.as_dispatch() {
-        DispatchDevice::Cube(cube @ burn::cubecl::Device::Wgpu(_)) => {
-            is_cpu_adapter(&cube.client().properties().identity.name)
-        }
-        _ => false,
-    }
-}
-
 fn kernels_fit(runtime: &str, workgroup_invocations: u32, workgroup_storage_bytes: usize) -> bool {
     runtime.contains("wgsl") && workgroup_invocations >= 256 && workgroup_storage_bytes >= 16 * 1024
 }

@@ -18,6 +18,7 @@ mod caps;
 mod copy;
 mod error;
 pub mod figures;
+mod forced;
 mod format;
 mod info_words;
 mod quant_matmul;

@@ -1,8 +1,6 @@
 //! The flash attention as a burn backend extension: dispatch for the cubecl backend (wgpu), lazy
 //! registration under Fusion, and the launcher that checks its inputs and dispatches.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, SourceKernel, into_contiguous};
 use burn::backend::{Backend, backend_extension};
@@ -10,10 +8,10 @@ use burn::cubecl::prelude::{CubeCount, CubeDim};
 use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::tensor::{DType, Shape};
 
-use crate::info_words::pack_words;
-
 use super::source::{FlashAttention, MAX_THREADS};
 use crate::caps::is_cpu_adapter;
+use crate::forced::Forced;
+use crate::info_words::pack_words;
 
 /// Largest workgroup count along one grid dimension (WebGPU's default limit).
 const MAX_GRID_DIM: usize = 65_535;
@@ -140,15 +138,15 @@ impl FlashAttentionBackend for CubeBackend {
     }
 }
 
-/// Query rows per thread forced on the kernel (0: the rule of [`workgroup_shape`]), for tests
+/// Query rows per thread forced on the kernel (else the rule of [`workgroup_shape`]), for tests
 /// on CPU adapters.
-static FORCED_ROWS_PER_THREAD: AtomicUsize = AtomicUsize::new(0);
+static FORCED_ROWS_PER_THREAD: Forced = Forced::new();
 
 /// Forces the rows each thread holds, or back to the automatic rule with `None`: lets tests on a
 /// CPU adapter cover the one-row threads that GPUs run.
 #[doc(hidden)]
 pub fn force_attention_rows_per_thread(rows: Option<usize>) {
-    FORCED_ROWS_PER_THREAD.store(rows.unwrap_or(0), Ordering::SeqCst);
+    FORCED_ROWS_PER_THREAD.set(rows);
 }
 
 /// Query rows one thread holds on a CPU adapter: each K/V vec4 a thread loads then serves 8 rows
@@ -166,8 +164,7 @@ const CPU_MAX_THREADS: usize = 8;
 /// rounded up to a power of two (decoding one token runs one thread per workgroup and relies on
 /// split keys for parallelism).
 pub(crate) fn workgroup_shape(q_len: usize, cpu: bool) -> (usize, usize) {
-    let forced = FORCED_ROWS_PER_THREAD.load(Ordering::SeqCst);
-    let rows_per_thread = if forced > 0 {
+    let rows_per_thread = if let Some(forced) = FORCED_ROWS_PER_THREAD.get() {
         forced
     } else if cpu {
         q_len

@@ -8,12 +8,11 @@ mod source;
 pub use backend::{FlashAttentionBackend, force_attention_rows_per_thread};
 pub use reference::{MAX_SCORE_BYTES, attention_reference, attention_reference_in_blocks};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use crate::caps::{WgpuCaps, device_is_cpu_adapter};
+use crate::caps::{WgpuCaps, is_cpu_adapter};
+use crate::forced::Forced;
 use backend::workgroup_shape;
 
 /// Added to the scores of masked keys. Finite, so fully masked rows (left padding) stay finite.
@@ -70,21 +69,27 @@ pub fn attention(
     mask: &AttentionMask,
     scale: f64,
 ) -> Tensor<3> {
-    if uses_attention_kernel(&q, &k) {
-        let dtype = q.dtype();
-        attention_kernel(q, k, v, mask, scale).cast(dtype)
-    } else {
-        attention_reference(q, k, v, mask, scale)
+    match kernel_splits(&q, &k) {
+        Some(splits) => {
+            let dtype = q.dtype();
+            run_kernel(q, k, v, mask, scale, splits).cast(dtype)
+        }
+        None => attention_reference(q, k, v, mask, scale),
     }
 }
 
 /// Whether [`attention`] runs the flash attention kernel for these operands.
 pub fn uses_attention_kernel(q: &Tensor<4>, k: &Tensor<4>) -> bool {
+    kernel_splits(q, k).is_some()
+}
+
+/// The slices of keys the kernel would cut for these operands, or `None` where [`attention`]
+/// takes the reference. Reads the adapter's properties once: it is asked by every attention.
+fn kernel_splits(q: &Tensor<4>, k: &Tensor<4>) -> Option<usize> {
     let device = q.device();
     let [batch, heads, q_len, head_dim] = q.dims();
     let [_, kv_heads, kv_len, _] = k.dims();
     if device.is_autodiff()
-        || !WgpuCaps::device_runs_quant_kernels(&device)
         || head_dim % 4 != 0
         || head_dim > 256
         || kv_heads == 0
@@ -92,14 +97,15 @@ pub fn uses_attention_kernel(q: &Tensor<4>, k: &Tensor<4>) -> bool {
         || q_len == 0
         || q_len > kv_len
     {
-        return false;
+        return None;
     }
+    let caps = WgpuCaps::of(&device).filter(WgpuCaps::runs_quant_kernels)?;
+    let splits = attention_splits(batch * heads, q_len, kv_len, is_cpu_adapter(&caps.adapter));
     // Every operand and the output must fit one storage binding.
-    let splits = attention_splits(batch * heads, q_len, kv_len, device_is_cpu_adapter(&device));
     let out_row = if splits == 1 { head_dim } else { head_dim + 4 };
     let largest =
         4 * (splits * batch * heads * q_len * out_row).max(batch * kv_heads * kv_len * head_dim);
-    WgpuCaps::of(&device).is_some_and(|caps| largest as u64 <= caps.max_binding_bytes)
+    (largest as u64 <= caps.max_binding_bytes).then_some(splits)
 }
 
 /// The kernel alone, without the routing of [`attention`]: f32 out, any float dtype in, on a
@@ -111,6 +117,22 @@ pub fn attention_kernel(
     mask: &AttentionMask,
     scale: f64,
 ) -> Tensor<3> {
+    let caps = WgpuCaps::of(&q.device()).expect("the attention kernel runs on wgpu devices");
+    let [batch, heads, q_len, _] = q.dims();
+    let kv_len = k.dims()[2];
+    let splits = attention_splits(batch * heads, q_len, kv_len, is_cpu_adapter(&caps.adapter));
+    run_kernel(q, k, v, mask, scale, splits)
+}
+
+/// Dispatches the kernel with the keys cut into `splits` slices and combines the slices.
+fn run_kernel(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: &AttentionMask,
+    scale: f64,
+    splits: usize,
+) -> Tensor<3> {
     let device = q.device();
     let [batch, heads, q_len, head_dim] = q.dims();
     let kv_len = k.dims()[2];
@@ -118,7 +140,6 @@ pub fn attention_kernel(
         Some(bias) => bias.clone().cast(DType::F32),
         None => Tensor::<2>::zeros([batch, kv_len], &device),
     };
-    let splits = attention_splits(batch * heads, q_len, kv_len, device_is_cpu_adapter(&device));
     let out = Tensor::<2>::from_dispatch(Dispatch::flash_attention(
         q.cast(DType::F32).into_dispatch(),
         k.cast(DType::F32).into_dispatch(),
@@ -134,23 +155,9 @@ pub fn attention_kernel(
     }
     // Combine the slices: out = sum_s e^(m_s - m) o_s / sum_s e^(m_s - m) l_s.
     let parts = out.reshape([splits, batch, heads, q_len, head_dim + 4]);
-    let o = parts
-        .clone()
-        .slice([0..splits, 0..batch, 0..heads, 0..q_len, 0..head_dim]);
-    let max = parts.clone().slice([
-        0..splits,
-        0..batch,
-        0..heads,
-        0..q_len,
-        head_dim..head_dim + 1,
-    ]);
-    let sum = parts.slice([
-        0..splits,
-        0..batch,
-        0..heads,
-        0..q_len,
-        head_dim + 1..head_dim + 2,
-    ]);
+    let o = parts.clone().narrow(4, 0, head_dim);
+    let max = parts.clone().narrow(4, head_dim, 1);
+    let sum = parts.narrow(4, head_dim + 1, 1);
     let weight = (max.clone() - max.max_dim(0)).exp(); // [splits, batch, heads, q_len, 1]
     let total = (weight.clone() * sum).sum_dim(0); // [1, batch, heads, q_len, 1]
     let combined = (weight * o).sum_dim(0) / total; // [1, batch, heads, q_len, head_dim]
@@ -160,14 +167,14 @@ pub fn attention_kernel(
         .reshape([batch, q_len, heads * head_dim])
 }
 
-/// Slices forced on the keys (0: the rule of [`attention_splits`]), for tests on CPU adapters.
-static FORCED_SPLITS: AtomicUsize = AtomicUsize::new(0);
+/// Slices forced on the keys (else the rule of [`attention_splits`]), for tests on CPU adapters.
+static FORCED_SPLITS: Forced = Forced::new();
 
 /// Forces the attention kernel to cut the keys into `splits` slices, or back to the automatic rule
 /// with `None`: lets tests on a CPU adapter cover the split path that GPUs take when decoding.
 #[doc(hidden)]
 pub fn force_attention_splits(splits: Option<usize>) {
-    FORCED_SPLITS.store(splits.unwrap_or(0), Ordering::SeqCst);
+    FORCED_SPLITS.set(splits);
 }
 
 /// Threads the kernel aims for on a GPU before it splits the keys.
@@ -175,22 +182,11 @@ const TARGET_THREADS: usize = 16 * 1024;
 /// Fewest keys per slice worth a slice of its own.
 const MIN_KEYS_PER_SPLIT: usize = 64;
 
-/// Most slices [`attention_splits`] may pick for `kv_len` keys.
-fn max_splits(kv_len: usize) -> usize {
-    let forced = FORCED_SPLITS.load(Ordering::SeqCst);
-    if forced > 0 {
-        forced.min(kv_len)
-    } else {
-        kv_len.div_ceil(MIN_KEYS_PER_SPLIT).max(1)
-    }
-}
-
 /// How many slices of keys: one on CPU adapters (a few cores, already busy with the heads); on
 /// GPUs, enough to reach [`TARGET_THREADS`] when the queries alone are too few (decoding), with
 /// at least [`MIN_KEYS_PER_SPLIT`] keys per slice.
 fn attention_splits(heads: usize, q_len: usize, kv_len: usize, cpu: bool) -> usize {
-    let forced = FORCED_SPLITS.load(Ordering::SeqCst);
-    if forced > 0 {
+    if let Some(forced) = FORCED_SPLITS.get() {
         return forced.min(kv_len).max(1);
     }
     if cpu {
@@ -200,7 +196,7 @@ fn attention_splits(heads: usize, q_len: usize, kv_len: usize, cpu: bool) -> usi
     let threads = heads * q_len.div_ceil(per_workgroup * rows_per_thread) * per_workgroup;
     TARGET_THREADS
         .div_ceil(threads)
-        .min(max_splits(kv_len))
+        .min(kv_len.div_ceil(MIN_KEYS_PER_SPLIT))
         .max(1)
 }
 

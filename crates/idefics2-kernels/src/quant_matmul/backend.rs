@@ -13,6 +13,7 @@ use burn::tensor::{DType, Shape};
 
 use super::source::{GEMM_TILE, GEMV_COLS, GEMV_MAX_ROWS, GEMV_WORKGROUP, QuantGemm, QuantGemv};
 use crate::caps::is_cpu_adapter;
+use crate::forced::Forced;
 use crate::format::QuantFormat;
 use crate::info_words::pack_words;
 use crate::weight::padded_n_out;
@@ -204,34 +205,34 @@ fn launch(
     CubeBackend::float_reshape(out, Shape::new([m, n_out]))
 }
 
-/// Splits forced on the GEMV (0: the rule of [`gemv_splits`]), for tests on CPU adapters.
-static FORCED_GEMV_SPLITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Splits forced on the GEMV (else the rule of [`gemv_splits`]), for tests on CPU adapters.
+static FORCED_GEMV_SPLITS: Forced = Forced::new();
 
 /// Forces the GEMV to cut K into (at most) `splits` slices, or back to the automatic rule with
 /// `None`: lets tests on a CPU adapter cover the multi-slice path that GPUs take.
 #[doc(hidden)]
 pub fn force_gemv_splits(splits: Option<usize>) {
-    FORCED_GEMV_SPLITS.store(splits.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+    FORCED_GEMV_SPLITS.set(splits);
 }
 
-/// Column quads per GEMV thread forced (0: the rule of [`gemv_quads_per_thread`]), for tests on
-/// CPU adapters.
-static FORCED_GEMV_QUADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Column quads per GEMV thread forced (else the rule of [`gemv_quads_per_thread`]), for tests
+/// on CPU adapters.
+static FORCED_GEMV_QUADS: Forced = Forced::new();
 
 /// Forces the column quads each GEMV thread computes, or back to the automatic rule with `None`:
 /// lets tests on a CPU adapter cover the one-quad threads that GPUs run.
 #[doc(hidden)]
 pub fn force_gemv_quads_per_thread(quads: Option<usize>) {
-    FORCED_GEMV_QUADS.store(quads.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+    FORCED_GEMV_QUADS.set(quads);
 }
 
 /// Column quads per GEMV thread: one on GPUs (neighbouring threads read neighbouring words); 4 on
 /// CPU adapters, which load buffers lane by lane, so that each x value loaded serves 16 columns.
 fn gemv_quads_per_thread(cpu: bool) -> usize {
-    match FORCED_GEMV_QUADS.load(std::sync::atomic::Ordering::SeqCst) {
-        0 if cpu => 4,
-        0 => 1,
-        forced => forced,
+    match FORCED_GEMV_QUADS.get() {
+        Some(forced) => forced,
+        None if cpu => 4,
+        None => 1,
     }
 }
 
@@ -245,8 +246,7 @@ const GEMV_TARGET_THREADS: usize = 32 * 1024;
 /// bytes) stay small beside the weight (at least `k_in n_out / 2` bytes): `splits m <= k_in / 64`.
 fn gemv_splits(m: usize, n_out: usize, k_in: usize, groups: usize, cpu: bool) -> (usize, usize) {
     let threads = n_out.div_ceil(GEMV_COLS);
-    let forced = FORCED_GEMV_SPLITS.load(std::sync::atomic::Ordering::SeqCst);
-    let wanted = if forced > 0 {
+    let wanted = if let Some(forced) = FORCED_GEMV_SPLITS.get() {
         forced.min(groups).max(1)
     } else if cpu {
         1

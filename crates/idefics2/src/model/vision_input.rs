@@ -25,11 +25,6 @@ impl VisionInput {
     pub fn num_patches(&self) -> usize {
         self.patches_h * self.patches_w
     }
-
-    /// True when some patch is padding (the encoder then needs a key mask).
-    pub fn has_padding(&self) -> bool {
-        self.patch_mask.iter().any(|&real| !real)
-    }
 }
 
 /// Builds the encoder input; `None` when every image is padding.
