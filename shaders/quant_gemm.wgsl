@@ -6,16 +6,18 @@
 //   0 x        storage, read_write  array<f32>  [m, k_in] row-major
 //   1 words    storage, read_write  array<u32>  [words_per_row, n_pad] packed codes (transposed;
 //              n_pad = n_out rounded up to 4)
-//   2 scales   storage, read_write  array<f32>  [groups_per_row, n_pad] (transposed)
+//   2 scales   storage, read_write  [groups_per_row, n_pad] (transposed): f32, or f16 read as
+//              array<u32> pairs (scale_binding, load_scale)
 //   3 out      storage, read_write  array<f32>  [m, n_out]
-//   4 zeros    storage, read_write  array<f32>  [groups_per_row, n_pad]   (formats with a zero point)
+//   4 zeros    storage, read_write  [groups_per_row, n_pad], as the scales (formats with a zero
+//              point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
 // Template parameters: bits, signed (true: two's-complement codes), group_words (words per group),
-// zero_point_binding (the zeros declaration or nothing), zero_point (expression for the zero point
-// at index `at`), params_binding.
+// scale_binding and zero_point_binding (declarations, the latter empty without zero points),
+// load_scale (functions load_scale(at) and zero_point(at) -> f32), params_binding.
 //
 // Workgroup: 16 x 16 threads compute a 64 x 64 output tile, 4 x 4 outputs per thread held in
 // registers (rows ty + 16 i, columns tx + 16 j, so neighbouring threads read neighbouring
@@ -51,7 +53,7 @@ const X_LOADS: u32 = BM * BK / THREADS;
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> words: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scales: array<f32>;
+{{scale_binding}}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 {{zero_point_binding}}
 @group(0) @binding({{params_binding}}) var<uniform> params: Params;
@@ -66,9 +68,7 @@ fn code(word: u32, i: u32) -> f32 {
     return f32(extractBits(word, i * BITS, BITS));
 }
 
-fn zero_point(at: u32) -> f32 {
-    return {{zero_point}};
-}
+{{load_scale}}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -118,7 +118,7 @@ fn main(
             if (n < n_out && w < params.words_per_row) {
                 let word = words[w * params.n_pad + n];
                 let at = (w / GROUP_WORDS) * params.n_pad + n;
-                let scale = scales[at];
+                let scale = load_scale(at);
                 let zero = zero_point(at);
                 for (var i = 0u; i < VALUES_PER_WORD; i++) {
                     w_tile[(tile_word * VALUES_PER_WORD + i) * BN + col] = (code(word, i) - zero) * scale;

@@ -5,18 +5,22 @@
 //   0 x        storage, read_write  array<f32> or array<vec4<f32>> (x_vec4)  [rows, k_in]
 //   1 words    storage, read_write  array<vec4<u32>>  [words_per_row, n_pad] packed codes,
 //              transposed: column n holds output row n's words; n_pad = n_out rounded up to 4
-//   2 scales   storage, read_write  array<vec4<f32>>  [groups_per_row, n_pad] (transposed)
+//   2 scales   storage, read_write  [groups_per_row, n_pad] (transposed): array<vec4<f32>>, or
+//              f16 (where the adapter has shader-f16) read as array<vec2<u32>> pairs and unpacked
+//              with unpack2x16float, which needs no f16 extension (load_scales)
 //   3 out      storage, read_write  array<f32>        [splits, rows, n_out] partial sums
-//   4 zeros    storage, read_write  array<vec4<f32>>  [groups_per_row, n_pad] (formats with a
-//              zero point)
+//   4 zeros    storage, read_write  [groups_per_row, n_pad], as the scales (formats with a zero
+//              point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
-// Template parameters: workgroup_size, bits, signed (true: two's-complement codes), group_words
+// Template parameters: scale_binding, zero_point_binding and load_scales (the declarations of scales
+// and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size, bits, signed (true: two's-complement codes), group_words
 // (words per group), quads_per_thread (QPT), x_binding and x_quad_body (x read as vec4s when k_in
 // is a multiple of 4, else as floats), zero_point_binding (the zeros declaration or nothing), and
-// the code generated for the numbers of rows and quads: quads (the thread's quad indices), init
+// the code generated for the numbers of rows and quads: rows (per thread), row_indices (the
+// block's rows, clamped for loads), quads (the thread's quad indices), init
 // (accumulators), group_init, word_body (one word per quad, x unguarded), word_body_tail (the
 // last word when it runs past k_in), group_end (scales and zero points), store.
 //
@@ -29,8 +33,12 @@
 // sums in registers;
 // per group it takes the dot products of the integer codes with x, then applies the scale and the
 // zero point once:  sum_k x_k (q_k - zero) scale = scale (sum_k x_k q_k - zero sum_k x_k).
-// Grid: (column quads / (workgroup_size QPT), splits); slice s writes out[s, r, n], and the launcher
-// adds the slices up when there is more than one.
+// Unsigned codes skip the shift (codes_in_place): x is pre-scaled by 2^(-BITS i) instead, once per
+// word for all the thread's columns.
+// Grid: (column quads / (workgroup_size QPT), splits, row blocks); slice s writes out[s, r, n], and
+// the launcher adds the slices up when there is more than one. More rows than a thread holds (a
+// prefill on CPU adapters, where this register-blocked kernel beats the tiled GEMM's barriers) take
+// one block of rows per grid z.
 
 struct Params {
     m: u32,
@@ -52,10 +60,12 @@ const QPT: u32 = {{quads_per_thread}}u;
 
 {{x_binding}}
 @group(0) @binding(1) var<storage, read_write> words: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> scales: array<vec4<f32>>;
+{{scale_binding}}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 {{zero_point_binding}}
 @group(0) @binding({{params_binding}}) var<uniform> params: Params;
+
+{{load_scale}}
 
 // Code i of each of 4 words, as floats.
 fn codes(w: vec4<u32>, i: u32) -> vec4<f32> {
@@ -67,7 +77,19 @@ fn codes(w: vec4<u32>, i: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(masked));
 }
 
-// x[r, k..k + 4] for k a multiple of 4 inside the row.
+// Unsigned code i of each of 4 words times 2^(BITS i), as floats, left in place: one AND instead of
+// a shift and an AND (the x value it multiplies was scaled by 2^(-BITS i) once for all columns, so
+// the product is exact). Only for i below the last, whose bits would make the i32 negative: that
+// one is shifted down instead (codes_high).
+fn codes_in_place(w: vec4<u32>, i: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(((1u << BITS) - 1u) << (BITS * i))));
+}
+
+fn codes_high(w: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(w >> vec4<u32>(32u - BITS)));
+}
+
+// x[r, k..k + 4] for k a multiple of 4 inside the row (r: the row of x, not of the block).
 fn x_quad(r: u32, k: u32) -> vec4<f32> {
     let at = r * params.k_in + k;
     {{x_quad_body}}
@@ -98,6 +120,9 @@ fn main(
     let k_in = params.k_in;
     let quads = params.n_pad / 4u;
     let thread = workgroup.x * WG + tid;
+    // The block of rows this workgroup computes (rows past m read the last row, store nothing).
+    let block_row = workgroup.z * {{rows}}u;
+{{row_indices}}
     // The thread's column quads qd0.. (QPT of them); past the last quad it reads the last one (in
     // bounds) and writes nothing.
 {{quads}}

@@ -34,9 +34,13 @@ pub struct BenchArgs {
     /// Tokens generated per run (the end-of-sequence tokens are ignored).
     #[arg(long, default_value_t = 32)]
     pub decode_tokens: usize,
-    /// Timed runs per setting, after one warm-up run (the first run of a shape compiles kernels).
+    /// Timed runs per setting, after one warm-up run (the first run of a shape compiles kernels);
+    /// 0: one run, timed cold (compilation included), for models too slow to run twice.
     #[arg(long, default_value_t = 2)]
     pub runs: usize,
+    /// Which image-splitting settings to measure (default: off, then on).
+    #[arg(long, value_enum)]
+    pub splitting: Option<crate::options::OnOff>,
     /// Also measure the kernels (copy, quantized GEMV and GEMM, burn's matmul, flash attention
     /// against attention in burn ops); default: on a GPU device.
     #[arg(long, value_enum)]
@@ -125,7 +129,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     options.eos_token_ids.clear();
     let text = &pipeline.model.config.text_config;
     let mut settings = Vec::new();
-    for splitting in [false, true] {
+    let splitting_settings = match args.splitting {
+        Some(choice) => vec![choice == crate::options::OnOff::On],
+        None => vec![false, true],
+    };
+    for splitting in splitting_settings {
         let input = pipeline.prepare(
             std::slice::from_ref(&request),
             &ImageOptions {
@@ -134,9 +142,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             },
         )?;
         let warmup = Instant::now();
-        pipeline
-            .model
-            .generate(&input, &options, |_| ControlFlow::Continue(()))?;
+        if args.runs > 0 {
+            pipeline
+                .model
+                .generate(&input, &options, |_| ControlFlow::Continue(()))?;
+        }
         let warmup_seconds = warmup.elapsed().as_secs_f64();
         let (mut prefill, mut decode, mut decoded) = (0.0, 0.0, 0usize);
         for _ in 0..args.runs.max(1) {

@@ -1,7 +1,8 @@
 //! Rough speed of the quantized matmul kernels against burn's f32 matmul on the default wgpu
 //! adapter, with the copy kernel's bandwidth as the yardstick:
 //! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
-//! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread.
+//! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread,
+//! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters.
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
 //! the output, over the time.
@@ -19,6 +20,9 @@ fn main() {
         .and_then(|q| q.parse().ok())
     {
         idefics2_kernels::force_gemv_quads_per_thread(Some(quads));
+    }
+    if std::env::var("IDEFICS2_TILED_GEMM").is_ok_and(|v| v == "1") {
+        idefics2_kernels::force_tiled_gemm(true);
     }
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -71,14 +75,16 @@ fn main() {
             }
             None => line += " (f32 weight exceeds one binding),",
         }
-        for ((format, p), w) in formats.iter().zip(&packed).zip(&uploaded) {
+        for (format, w) in formats.iter().zip(&uploaded) {
             let ms = time(&device, || quant_matmul(x.clone(), w));
             line += &format!(" {} {ms:.2} ms", format.name());
             if rows <= GEMV_MAX_ROWS {
-                let bytes =
-                    4 * (p.words.len() + p.scales.len() + p.zeros.len() + rows * (k_in + n_out));
+                let bytes = w.device_bytes() + 4 * rows * (k_in + n_out);
                 let rate = gb(bytes, ms);
                 line += &format!(" ({rate:.2} GB/s, {:.0}% of copy)", 100.0 * rate / copy_gb);
+            } else {
+                let gflops = 2.0 * (rows * k_in * n_out) as f64 / (ms * 1e-3) / 1e9;
+                line += &format!(" ({gflops:.1} GFLOP/s)");
             }
             line += ";";
         }

@@ -14,6 +14,15 @@ pub enum QuantError {
         got: usize,
     },
     #[error(
+        "row {row}, group {group}: scale {scale} is out of f16's range (weight values too large \
+         or not finite)"
+    )]
+    ScaleOutOfRange {
+        row: usize,
+        group: usize,
+        scale: f32,
+    },
+    #[error(
         "{format:?} weight [{n_out}, {k_in}]: the {what} takes {bytes} bytes, over the \
          device's {limit}-byte storage binding limit"
     )]

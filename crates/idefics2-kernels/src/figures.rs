@@ -115,7 +115,8 @@ pub fn measure(device: &Device, shapes: &FigureShapes, iters: usize) -> Vec<Kern
         let Ok(w) = upload(&packed, device) else {
             continue;
         };
-        let bytes = 4 * (packed.words.len() + packed.scales.len() + packed.zeros.len() + gk + gn);
+        // What the GEMV reads and writes: the weight as stored on the device, x and out.
+        let bytes = w.device_bytes() + 4 * (gk + gn);
         let ms = time_ms(device, iters, || quant_matmul(x1.clone(), &w));
         figures.push(KernelFigure {
             kernel: format!("{} GEMV (WGSL)", format.name()),

@@ -37,8 +37,8 @@ pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{
     GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits,
-    quant_matmul, quant_matmul_kernel, uses_kernels,
+    force_tiled_gemm, quant_matmul, quant_matmul_kernel, uses_kernels,
 };
-pub use quantize::{PackedWeight, quantize};
+pub use quantize::{PackedWeight, f16_scale, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};
-pub use weight::{QuantizedWeight, padded_n_out, upload};
+pub use weight::{QuantizedWeight, force_f32_scales, padded_n_out, upload};

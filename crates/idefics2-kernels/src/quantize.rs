@@ -14,7 +14,8 @@ pub struct PackedWeight {
     pub k_in: usize,
     /// `[n_out, words_per_row]` packed values; padding values dequantize to exactly 0.
     pub words: Vec<u32>,
-    /// `[n_out, groups_per_row]` f32 scales.
+    /// `[n_out, groups_per_row]` scales: f16 values held in f32 (see [`f16_scale`]), so a device
+    /// may store them in either type and compute the same products.
     pub scales: Vec<f32>,
     /// `[n_out, groups_per_row]` zero points (whole numbers in 0..=15) for
     /// [`QuantFormat::Q4`]; empty for [`QuantFormat::Q8`].
@@ -27,7 +28,8 @@ pub struct PackedWeight {
 /// - Q4: the range `[min(w, 0), max(w, 0)]` maps onto 0..=15: `scale = (max - min) / 15`,
 ///   `zero = round(-min / scale)`, `q = clamp(round(w / scale) + zero, 0, 15)`.
 ///
-/// Either way each value comes back within `scale / 2` of itself.
+/// The scale is first rounded up to an f16 value ([`f16_scale`]), then the codes are taken with it,
+/// so either way each value comes back within `scale / 2` of itself.
 pub fn quantize(
     weight: &[f32],
     n_out: usize,
@@ -65,9 +67,14 @@ pub fn quantize(
         for g in 0..groups {
             let values = &row_values[g * group..((g + 1) * group).min(k_in)];
             let (scale, zero) = match format {
-                QuantFormat::Q8 { .. } => (quantize_q8(values, &mut codes), 0.0),
+                QuantFormat::Q8 { .. } => quantize_q8(values, &mut codes).map(|s| (s, 0.0)),
                 QuantFormat::Q4 { .. } => quantize_q4(values, &mut codes),
-            };
+            }
+            .map_err(|scale| QuantError::ScaleOutOfRange {
+                row,
+                group: g,
+                scale,
+            })?;
             packed.scales[row * groups + g] = scale;
             if format.has_zero_point() {
                 packed.zeros[row * groups + g] = zero;
@@ -81,11 +88,28 @@ pub fn quantize(
     Ok(packed)
 }
 
+/// `scale` rounded up to the nearest f16 value, and at least f16's smallest normal number (GPUs
+/// may flush f16 subnormals to zero); 0 stays 0. Rounding up keeps every code in range. Err with
+/// the scale when it is too large for f16 (or not finite).
+pub fn f16_scale(scale: f32) -> Result<f32, f32> {
+    if scale == 0.0 {
+        return Ok(0.0);
+    }
+    if !scale.is_finite() || scale > f32::from(half::f16::MAX) {
+        return Err(scale);
+    }
+    let mut rounded = half::f16::from_f32(scale.max(f32::from(half::f16::MIN_POSITIVE)));
+    if f32::from(rounded) < scale {
+        rounded = half::f16::from_bits(rounded.to_bits() + 1);
+    }
+    Ok(f32::from(rounded))
+}
+
 /// Fills `codes` (a whole group, padding included) with the 8-bit two's-complement codes of
-/// `values` and returns the scale.
-fn quantize_q8(values: &[f32], codes: &mut [u32]) -> f32 {
+/// `values` and returns the scale (Err: the scale f16 cannot hold).
+fn quantize_q8(values: &[f32], codes: &mut [u32]) -> Result<f32, f32> {
     let max_abs = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = max_abs / 127.0;
+    let scale = f16_scale(max_abs / 127.0)?;
     codes.fill(0);
     if scale > 0.0 {
         for (code, v) in codes.iter_mut().zip(values) {
@@ -93,26 +117,27 @@ fn quantize_q8(values: &[f32], codes: &mut [u32]) -> f32 {
             *code = u32::from(q as u8);
         }
     }
-    scale
+    Ok(scale)
 }
 
 /// Fills `codes` (a whole group, padding included) with 4-bit codes of `values` and returns
-/// `(scale, zero)`; padding gets the zero point, so it dequantizes to exactly 0.
-fn quantize_q4(values: &[f32], codes: &mut [u32]) -> (f32, f32) {
+/// `(scale, zero)`; padding gets the zero point, so it dequantizes to exactly 0 (Err: the scale
+/// f16 cannot hold).
+fn quantize_q4(values: &[f32], codes: &mut [u32]) -> Result<(f32, f32), f32> {
     let (min, max) = values
         .iter()
         .fold((0.0f32, 0.0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    let scale = (max - min) / 15.0;
+    let scale = f16_scale((max - min) / 15.0)?;
     if scale == 0.0 {
         codes.fill(0);
-        return (0.0, 0.0);
+        return Ok((0.0, 0.0));
     }
     let zero = (-min / scale).round().clamp(0.0, 15.0);
     codes.fill(zero as u32);
     for (code, v) in codes.iter_mut().zip(values) {
         *code = ((v / scale).round() + zero).clamp(0.0, 15.0) as u32;
     }
-    (scale, zero)
+    Ok((scale, zero))
 }
 
 impl PackedWeight {
@@ -160,7 +185,8 @@ mod tests {
         let w: Vec<f32> = (0..9).map(|i| i as f32 - 4.0).collect();
         let q8 = quantize(&w, 1, 9, QuantFormat::Q8 { group: 8 }).expect("valid");
         assert_eq!(q8.words.len(), 4);
-        assert_eq!(q8.scales, vec![4.0 / 127.0, 4.0 / 127.0]);
+        let scale = f16_scale(4.0 / 127.0).expect("in range");
+        assert_eq!(q8.scales, vec![scale, scale]);
         assert_eq!(q8.words[0] & 0xFF, (-127i8) as u8 as u32);
         assert_eq!(q8.words[2] & 0xFF, 127);
         assert_eq!(q8.words[3], 0, "padding is zero");

@@ -1,7 +1,7 @@
 //! The quantized matmul in plain burn ops: unpack the codes with integer ops, dequantize, then
 //! matmul. The CPU device runs this, and it is the oracle the WGSL kernels are tested against.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::format::QuantFormat;
 use crate::weight::QuantizedWeight;
@@ -23,9 +23,10 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
         w.format.group(),
     );
     let groups = w.format.groups_per_row(w.k_in);
-    // [groups, n_pad] -> [n_out, groups, 1]
+    // [groups, n_pad] (f16 or f32) -> [n_out, groups, 1] f32
     let per_group = |t: &Tensor<2>| {
         t.clone()
+            .cast(DType::F32)
             .slice([0..groups, 0..n_out])
             .transpose()
             .reshape([n_out, groups, 1])

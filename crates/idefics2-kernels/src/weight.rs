@@ -4,6 +4,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::caps::WgpuCaps;
 use crate::error::QuantError;
+use crate::forced::Forced;
 use crate::format::QuantFormat;
 use crate::quantize::PackedWeight;
 
@@ -19,25 +20,46 @@ pub struct QuantizedWeight {
     /// `[words_per_row, n_pad]` packed codes (column `n` holds output row `n`'s words): the u32
     /// words' bit patterns in an i32 tensor.
     pub words: Tensor<2, Int>,
-    /// `[groups_per_row, n_pad]` f32 scales.
+    /// `[groups_per_row, n_pad]` scales: f16 on wgpu devices with `shader-f16`, else f32 (the
+    /// same values: [`crate::quantize`] makes them f16 numbers).
     pub scales: Tensor<2>,
-    /// `[groups_per_row, n_pad]` f32 zero points, for formats that have them.
+    /// `[groups_per_row, n_pad]` zero points (whole numbers), for formats that have them, in the
+    /// dtype of the scales.
     pub zeros: Option<Tensor<2>>,
 }
 
+impl QuantizedWeight {
+    /// Bytes the weight takes on its device: packed words, scales and zero points (the padding
+    /// columns included).
+    pub fn device_bytes(&self) -> usize {
+        let bytes = |t: &Tensor<2>| t.shape().num_elements() * t.dtype().size();
+        self.words.shape().num_elements() * 4
+            + bytes(&self.scales)
+            + self.zeros.as_ref().map_or(0, bytes)
+    }
+}
+
 /// Uploads `packed` to `device`, transposing its tensors on the way (see [`QuantizedWeight`]). On
-/// a wgpu device every tensor must fit one storage binding.
+/// a wgpu device every tensor must fit one storage binding; scales and zero points go up as f16
+/// where the device has `shader-f16` (half the bytes the kernels read beside the codes).
 pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
     let (n_out, k_in, format) = (packed.n_out, packed.k_in, packed.format);
     let groups = packed.groups_per_row();
-    if let Some(caps) = WgpuCaps::of(device) {
+    let caps = WgpuCaps::of(device);
+    let scale_dtype =
+        if caps.as_ref().is_some_and(|c| c.shader_f16) && FORCED_F32_SCALES.get().is_none() {
+            DType::F16
+        } else {
+            DType::F32
+        };
+    if let Some(caps) = caps {
         let n_pad = padded_n_out(n_out);
         let sizes = [
-            ("packed words", packed.words_per_row() * n_pad),
-            ("scales", groups * n_pad),
+            ("packed words", 4 * packed.words_per_row() * n_pad),
+            ("scales", scale_dtype.size() * groups * n_pad),
         ];
-        for (what, len) in sizes {
-            let bytes = 4 * len as u64;
+        for (what, bytes) in sizes {
+            let bytes = bytes as u64;
             if bytes > caps.max_binding_bytes {
                 return Err(QuantError::BindingTooLarge {
                     format,
@@ -61,13 +83,14 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
         (device, DType::I32),
     );
     let per_group = |values: &[f32]| {
-        Tensor::<2>::from_data(
-            TensorData::new(
-                transpose_padded(values, n_out, groups, n_pad),
-                [groups, n_pad],
-            ),
-            (device, DType::F32),
-        )
+        let values = transpose_padded(values, n_out, groups, n_pad);
+        let data = if scale_dtype == DType::F16 {
+            let halves: Vec<half::f16> = values.into_iter().map(half::f16::from_f32).collect();
+            TensorData::new(halves, [groups, n_pad])
+        } else {
+            TensorData::new(values, [groups, n_pad])
+        };
+        Tensor::<2>::from_data(data, (device, scale_dtype))
     };
     Ok(QuantizedWeight {
         format,
@@ -77,6 +100,16 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
         scales: per_group(&packed.scales),
         zeros: format.has_zero_point().then(|| per_group(&packed.zeros)),
     })
+}
+
+/// Set when tests force f32 scales on an adapter with shader-f16.
+static FORCED_F32_SCALES: Forced = Forced::new();
+
+/// Makes [`upload`] keep scales and zero points in f32 (`true`), as on adapters without
+/// shader-f16, or back to the automatic rule (`false`): lets tests cover both kernel variants.
+#[doc(hidden)]
+pub fn force_f32_scales(f32_scales: bool) {
+    FORCED_F32_SCALES.set(f32_scales.then_some(1));
 }
 
 /// The columns of a [`QuantizedWeight`]'s device tensors: `n_out` rounded up to a multiple of 4.

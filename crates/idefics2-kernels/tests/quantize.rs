@@ -5,7 +5,7 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{Rng, matmul_f64, relative_error};
 use idefics2_kernels::{
-    QuantFormat, dequantize_reference, quant_matmul, quantize, upload, uses_kernels,
+    QuantFormat, dequantize_reference, f16_scale, quant_matmul, quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 4] = [
@@ -50,15 +50,41 @@ fn round_trip_stays_within_half_a_step() {
     }
 }
 
+/// Zeros stay exactly zero; a constant group comes back within the rounding of its scale up to an
+/// f16 number (at most 2^-10 relative, here where the largest code lands on the constant).
 #[test]
 fn constant_and_zero_groups_round_trip() {
     for format in FORMATS {
         let weight = [vec![0.0f32; 40], vec![0.25; 40], vec![-3.0; 40]].concat();
         let packed = quantize(&weight, 3, 40, format).expect("valid format");
         for (w, b) in weight.iter().zip(packed.dequantize()) {
-            assert!((w - b).abs() <= 1e-6 * w.abs(), "{format:?}: {w} -> {b}");
+            assert!((w - b).abs() <= w.abs() / 1024.0, "{format:?}: {w} -> {b}");
         }
     }
+}
+
+/// Scales are f16 numbers, rounded up (never down, so no code leaves its range), at least f16's
+/// smallest normal number, and a scale f16 cannot hold is an error naming the group.
+#[test]
+fn scales_are_f16_numbers() {
+    for scale in [1e-3f32, 0.0173, 3.0 / 127.0, 1e-9, 60000.0] {
+        let rounded = f16_scale(scale).expect("in range");
+        assert_eq!(f32::from(half::f16::from_f32(rounded)), rounded, "{scale}");
+        assert!(
+            rounded >= scale && rounded >= 6.1e-5,
+            "{scale} -> {rounded}"
+        );
+        assert!(
+            rounded <= scale.max(6.1e-5) * (1.0 + 1.0 / 1024.0),
+            "{scale} -> {rounded}"
+        );
+    }
+    assert_eq!(f16_scale(0.0), Ok(0.0));
+    assert!(f16_scale(1e6).is_err() && f16_scale(f32::NAN).is_err());
+    let mut weight = vec![0.01f32; 64];
+    weight[40] = 1e7; // row 0, group 1 of Q8_32: scale 1e7 / 127, past f16's 65504
+    let err = quantize(&weight, 1, 64, QuantFormat::Q8_32).unwrap_err();
+    assert!(err.to_string().contains("row 0, group 1"), "{err}");
 }
 
 /// The burn-op dequantization matches the host one exactly, and the matmul on the CPU device

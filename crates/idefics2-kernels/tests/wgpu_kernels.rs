@@ -7,8 +7,9 @@ mod common;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::{Rng, relative_error};
 use idefics2_kernels::{
-    QuantFormat, WgpuCaps, copy_kernel, force_gemv_quads_per_thread, force_gemv_splits,
-    quant_matmul, quant_matmul_kernel, quant_matmul_reference, quantize, upload, uses_kernels,
+    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_quads_per_thread,
+    force_gemv_splits, force_tiled_gemm, quant_matmul, quant_matmul_kernel, quant_matmul_reference,
+    quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 3] = [
@@ -41,27 +42,55 @@ fn quant_matmul_kernels_match_the_reference() {
     assert!(caps.runs_quant_kernels(), "{caps:?}");
 
     let mut rng = Rng::new(7);
+    // More than 8 rows: blocks of GEMV rows on CPU adapters (lavapipe), the tiled GEMM on GPUs.
+    formats_match(&gpu, &cpu, &mut rng, &ROWS);
+    // The tiled GEMM on this adapter too.
+    force_tiled_gemm(true);
+    formats_match(&gpu, &cpu, &mut rng, &[17, 77]);
+    force_tiled_gemm(false);
+    // Scales and zero points in f32, as adapters without shader-f16 keep them (lavapipe has it),
+    // through the GEMV, its row blocks and the tiled GEMM.
+    if caps.shader_f16 {
+        force_f32_scales(true);
+        formats_match(&gpu, &cpu, &mut rng, &[1, 17]);
+        force_tiled_gemm(true);
+        formats_match(&gpu, &cpu, &mut rng, &[17]);
+        force_tiled_gemm(false);
+        force_f32_scales(false);
+    }
+
+    split_k_matches(&gpu, &cpu, &mut rng);
+    // One column quad per thread, as GPUs run the GEMV (CPU adapters take 4).
+    force_gemv_quads_per_thread(Some(1));
+    split_k_matches(&gpu, &cpu, &mut rng);
+    force_gemv_quads_per_thread(None);
+    routed_calls_match(&gpu, &cpu, &mut rng);
+    copy_copies(&gpu, &mut rng);
+}
+
+/// Every format, K and N of the tables above, for `rows` activation rows.
+fn formats_match(gpu: &Device, cpu: &Device, rng: &mut Rng, rows: &[usize]) {
     let mut worst = (0.0f64, String::new());
+    let mut scale_dtype = None;
     for format in FORMATS {
         for &k in &K_IN {
             for &n in &N_OUT {
                 let weight = rng.values(n * k, 0.05);
                 let packed = quantize(&weight, n, k, format).expect("valid format");
-                let w_gpu = upload(&packed, &gpu).expect("upload");
-                let w_cpu = upload(&packed, &cpu).expect("upload");
-                for &m in &ROWS {
+                let w_gpu = upload(&packed, gpu).expect("upload");
+                let w_cpu = upload(&packed, cpu).expect("upload");
+                scale_dtype = Some(w_gpu.scales.dtype());
+                for &m in rows {
                     let x = rng.values(m * k, 1.0);
                     let data = TensorData::new(x, [m, k]);
-                    let x_gpu = Tensor::<2>::from_data(data.clone(), &gpu);
+                    let x_gpu = Tensor::<2>::from_data(data.clone(), gpu);
                     assert!(uses_kernels(&x_gpu, &w_gpu));
                     let got = to_vec(quant_matmul_kernel(x_gpu, &w_gpu));
-                    let want: Vec<f64> = to_vec(quant_matmul_reference(
-                        Tensor::from_data(data, &cpu),
-                        &w_cpu,
-                    ))
-                    .into_iter()
-                    .map(f64::from)
-                    .collect();
+                    let want: Vec<f64> =
+                        to_vec(quant_matmul_reference(Tensor::from_data(data, cpu), &w_cpu))
+                            .into_iter()
+                            .map(f64::from)
+                            .collect();
                     let err = relative_error(&got, &want);
                     let case = format!("{format:?} m {m} k {k} n {n}");
                     assert!(err < TOLERANCE, "{case}: relative error {err:e}");
@@ -72,15 +101,10 @@ fn quant_matmul_kernels_match_the_reference() {
             }
         }
     }
-    println!("worst relative error {:e} ({})", worst.0, worst.1);
-
-    split_k_matches(&gpu, &cpu, &mut rng);
-    // One column quad per thread, as GPUs run the GEMV (CPU adapters take 4).
-    force_gemv_quads_per_thread(Some(1));
-    split_k_matches(&gpu, &cpu, &mut rng);
-    force_gemv_quads_per_thread(None);
-    routed_calls_match(&gpu, &cpu, &mut rng);
-    copy_copies(&gpu, &mut rng);
+    println!(
+        "rows {rows:?}, {scale_dtype:?} scales: worst relative error {:e} ({})",
+        worst.0, worst.1
+    );
 }
 
 /// The GEMV with K cut into slices (what GPUs get; CPU adapters run one slice), summed after.

@@ -102,12 +102,14 @@ pub fn quantize_checkpoint(
                 vec![*n_out, words],
                 4 * n_out * words,
             );
+            // Scales are f16 numbers (see idefics2_kernels::f16_scale) and zero points whole
+            // numbers up to 15: both stored as F16, exactly.
             add(
                 &mut header,
                 &names[1],
-                "F32",
+                "F16",
                 vec![*n_out, groups],
-                4 * n_out * groups,
+                2 * n_out * groups,
             );
             plan.push(Planned::Packed { layer, part: 0 });
             plan.push(Planned::Packed { layer, part: 1 });
@@ -115,9 +117,9 @@ pub fn quantize_checkpoint(
                 add(
                     &mut header,
                     &names[2],
-                    "F32",
+                    "F16",
                     vec![*n_out, groups],
-                    4 * n_out * groups,
+                    2 * n_out * groups,
                 );
                 plan.push(Planned::Packed { layer, part: 2 });
             }
@@ -169,10 +171,16 @@ pub fn quantize_checkpoint(
                 let Some((_, packed)) = &current else {
                     unreachable!("set above")
                 };
+                let halves = |values: &[f32]| -> Vec<u8> {
+                    values
+                        .iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                        .collect()
+                };
                 let bytes: Vec<u8> = match part {
                     0 => packed.words.iter().flat_map(|w| w.to_le_bytes()).collect(),
-                    1 => packed.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    _ => packed.zeros.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    1 => halves(&packed.scales),
+                    _ => halves(&packed.zeros),
                 };
                 write(&mut out, &bytes)?;
             }

@@ -406,8 +406,7 @@ impl<'a> TensorLoader<'a> {
         };
         match idefics2_kernels::upload(&packed, &self.device) {
             Ok(weight) => {
-                self.uploaded_bytes +=
-                    4 * (packed.words.len() + packed.scales.len() + packed.zeros.len());
+                self.uploaded_bytes += weight.device_bytes();
                 Some(weight)
             }
             Err(e) => {

@@ -148,6 +148,21 @@ fn quantized_models_match_the_reference() {
             quantize_checkpoint(&dir, &out, QuantPolicy::new(Some(QuantFormat::Q4_32))).unwrap();
         assert!(summary.quantized_layers > 0);
         let saved = Idefics2::load(&out, &cpu, DType::F32).unwrap();
+        // Scales and zero points are stored as F16 (exactly: they are f16 numbers).
+        let file = std::fs::read(out.join("model.safetensors")).unwrap();
+        let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
+        let dtypes: Vec<&str> = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name.ends_with(".scales") || name.ends_with(".qzeros"))
+            .map(|(_, entry)| entry["dtype"].as_str().unwrap())
+            .collect();
+        assert!(
+            !dtypes.is_empty() && dtypes.iter().all(|d| *d == "F16"),
+            "{dtypes:?}"
+        );
         for case_name in CASES {
             assert_eq!(
                 last_logits(&saved, case_name, checkpoint),

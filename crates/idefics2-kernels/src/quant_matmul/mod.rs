@@ -4,7 +4,9 @@
 mod backend;
 mod source;
 
-pub use backend::{QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits};
+pub use backend::{
+    QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits, force_tiled_gemm,
+};
 pub use source::GEMV_MAX_ROWS;
 
 use burn::backend::Dispatch;
@@ -18,7 +20,7 @@ use crate::weight::QuantizedWeight;
 /// `x @ dequantize(w)^T` over the last dimension of `x`; the result has the dtype of `x`.
 ///
 /// On a wgpu device whose runtime takes WGSL the hand-written kernels run (GEMV for up to
-/// [`GEMV_MAX_ROWS`] rows, tiled GEMM beyond) in f32, `x` cast on the way in and back out; on
+/// [`GEMV_MAX_ROWS`] rows, tiled GEMM beyond on GPUs, blocks of GEMV rows on CPU adapters) in f32, `x` cast on the way in and back out; on
 /// any other device, the plain-burn [`quant_matmul_reference`].
 ///
 /// # Shapes

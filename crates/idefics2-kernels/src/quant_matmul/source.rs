@@ -9,7 +9,8 @@ use crate::format::QuantFormat;
 pub(crate) const GEMV_COLS: usize = 4;
 /// Threads of one GEMV workgroup; a workgroup computes `GEMV_WORKGROUP * GEMV_COLS` columns.
 pub(crate) const GEMV_WORKGROUP: usize = 64;
-/// Most activation rows the GEMV handles; more go to the GEMM.
+/// Most activation rows one GEMV thread holds; more go to the tiled GEMM on GPUs and to blocks
+/// of this many rows (grid z) on CPU adapters.
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Output tile of one GEMM workgroup (rows and columns).
 pub(crate) const GEMM_TILE: usize = 64;
@@ -19,6 +20,8 @@ pub(crate) const GEMM_TILE: usize = 64;
 /// is then read as vec4s).
 pub(crate) struct QuantGemv {
     pub format: QuantFormat,
+    /// Scales and zero points stored as f16 (else f32).
+    pub scale_f16: bool,
     pub rows: usize,
     pub quads_per_thread: usize,
     pub x_vec4: bool,
@@ -27,6 +30,8 @@ pub(crate) struct QuantGemv {
 /// Tiled GEMM for any number of activation rows.
 pub(crate) struct QuantGemm {
     pub format: QuantFormat,
+    /// Scales and zero points stored as f16 (else f32).
+    pub scale_f16: bool,
 }
 
 impl KernelSource for QuantGemv {
@@ -48,6 +53,8 @@ impl KernelSource for QuantGemv {
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemv.wgsl"))
             .register("workgroup_size", GEMV_WORKGROUP.to_string())
             .register("quads_per_thread", self.quads_per_thread.to_string())
+            .register("rows", self.rows.to_string())
+            .register("row_indices", code.row_indices())
             .register("quads", code.quad_indices())
             .register("x_binding", x_binding)
             .register("x_quad_body", x_quad_body)
@@ -57,11 +64,17 @@ impl KernelSource for QuantGemv {
             .register("word_body_tail", code.word_body(true))
             .register("group_end", code.group_end())
             .register("store", code.store());
-        register_format(template, self.format, "vec4<f32>")
+        register_format(template, self.format, self.scale_f16, true)
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.format, self.rows, self.quads_per_thread, self.x_vec4))
+        KernelId::new::<Self>().info((
+            self.format,
+            self.scale_f16,
+            self.rows,
+            self.quads_per_thread,
+            self.x_vec4,
+        ))
     }
 
     fn lang(&self) -> &'static str {
@@ -76,7 +89,9 @@ struct GemvCode {
     rows: usize,
     quads: usize,
     values_per_word: usize,
+    bits: usize,
     zero_point: bool,
+    signed: bool,
 }
 
 const LANES: [&str; 4] = ["x", "y", "z", "w"];
@@ -87,8 +102,19 @@ impl GemvCode {
             rows,
             quads,
             values_per_word: format.values_per_word(),
+            bits: format.bits(),
             zero_point: format.has_zero_point(),
+            signed: matches!(format, QuantFormat::Q8 { .. }),
         }
+    }
+
+    /// The block's rows: `row{r}`, clamped to the last row of x for loads (rows past `m` store
+    /// nothing).
+    fn row_indices(&self) -> String {
+        (0..self.rows)
+            .map(|r| format!("    let row{r} = min(block_row + {r}u, params.m - 1u);"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// One line per (row, quad).
@@ -130,7 +156,9 @@ impl GemvCode {
     }
 
     /// One packed word per quad (starting at `k0`): the x values per row (loaded once for all
-    /// quads), their sums (for the zero point), the codes, and the products.
+    /// quads), their sums (for the zero point), the codes, and the products. Unsigned codes are
+    /// taken in place (`codes_in_place`, value `i` times `2^(bits i)`) against x values scaled by
+    /// `2^(-bits i)`; the last value of the word is shifted down (`codes_high`), its x unscaled.
     fn word_body(&self, guarded: bool) -> String {
         let indent = "            ";
         let x_quads = self.values_per_word / 4;
@@ -142,7 +170,7 @@ impl GemvCode {
         for r in 0..self.rows {
             for j in 0..x_quads {
                 out.push(format!(
-                    "{indent}let x{r}_{j} = {load}({r}u, k0 + {}u);",
+                    "{indent}let x{r}_{j} = {load}(row{r}, k0 + {}u);",
                     4 * j
                 ));
             }
@@ -153,13 +181,29 @@ impl GemvCode {
                     .join(" + ");
                 out.push(format!("{indent}xsum{r} += dot({sum}, vec4<f32>(1.0));"));
             }
+            if !self.signed {
+                for j in 0..x_quads {
+                    out.push(format!(
+                        "{indent}let xs{r}_{j} = x{r}_{j} * {};",
+                        self.x_scales(j)
+                    ));
+                }
+            }
         }
+        let x_name = if self.signed { "x" } else { "xs" };
         for i in 0..self.values_per_word {
             for u in 0..self.quads {
-                out.push(format!("{indent}let c{u}_{i} = codes(word{u}, {i}u);"));
+                let code = if self.signed {
+                    format!("codes(word{u}, {i}u)")
+                } else if i + 1 == self.values_per_word {
+                    format!("codes_high(word{u})")
+                } else {
+                    format!("codes_in_place(word{u}, {i}u)")
+                };
+                out.push(format!("{indent}let c{u}_{i} = {code};"));
                 for r in 0..self.rows {
                     out.push(format!(
-                        "{indent}dot{r}_{u} += x{r}_{}.{} * c{u}_{i};",
+                        "{indent}dot{r}_{u} += {x_name}{r}_{}.{} * c{u}_{i};",
                         i / 4,
                         LANES[i % 4]
                     ));
@@ -169,14 +213,34 @@ impl GemvCode {
         out.join("\n")
     }
 
+    /// The factors `2^(-bits i)` for values `4 j .. 4 j + 4` of a word (1 for the last value,
+    /// which `codes_high` shifts down), as a WGSL vec4 literal.
+    fn x_scales(&self, j: usize) -> String {
+        let factors = (4 * j..4 * j + 4)
+            .map(|i| {
+                let exponent = if i + 1 == self.values_per_word {
+                    0
+                } else {
+                    (self.bits * i) as i32
+                };
+                format!("{:e}", 2f64.powi(-exponent))
+            })
+            .collect::<Vec<_>>();
+        format!("vec4<f32>({})", factors.join(", "))
+    }
+
     /// Each quad's scale (and zero point) applied to the group's sums.
     fn group_end(&self) -> String {
         let indent = "        ";
         let mut out = Vec::new();
         for u in 0..self.quads {
-            out.push(format!("{indent}let scale{u} = scales[g * quads + q{u}];"));
+            out.push(format!(
+                "{indent}let scale{u} = load_scales(g * quads + q{u});"
+            ));
             if self.zero_point {
-                out.push(format!("{indent}let zero{u} = zeros[g * quads + q{u}];"));
+                out.push(format!(
+                    "{indent}let zero{u} = load_zeros(g * quads + q{u});"
+                ));
             }
         }
         out.push(self.lines(indent, |r, u| {
@@ -195,11 +259,13 @@ impl GemvCode {
             out.push(format!("    if (qd{u} < quads) {{"));
             out.push(format!("        let n0 = 4u * qd{u};"));
             for r in 0..self.rows {
+                out.push(format!("        if (block_row + {r}u < params.m) {{"));
                 for (c, lane) in LANES.iter().enumerate() {
                     out.push(format!(
-                        "        if (n0 + {c}u < n_out) {{ out[base + {r}u * n_out + n0 + {c}u] = acc{r}_{u}.{lane}; }}"
+                        "            if (n0 + {c}u < n_out) {{ out[base + row{r} * n_out + n0 + {c}u] = acc{r}_{u}.{lane}; }}"
                     ));
                 }
+                out.push("        }".into());
             }
             out.push("    }".into());
         }
@@ -210,11 +276,11 @@ impl GemvCode {
 impl KernelSource for QuantGemm {
     fn source(&self) -> SourceTemplate {
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemm.wgsl"));
-        register_format(template, self.format, "f32")
+        register_format(template, self.format, self.scale_f16, false)
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.format)
+        KernelId::new::<Self>().info((self.format, self.scale_f16))
     }
 
     fn lang(&self) -> &'static str {
@@ -222,28 +288,65 @@ impl KernelSource for QuantGemm {
     }
 }
 
-/// Fills the template parameters both kernels share: code width and sign, group size, and the
-/// zero point that only some formats have (whose binding moves the metadata uniform, always the
-/// last binding, from 4 to 5).
-/// `zeros_element` is the element type of the zeros array (`f32`, or `vec4<f32>` for the GEMV).
+/// Fills the template parameters both kernels share: code width and sign, group size, the
+/// declarations of scales and zero points with the functions that read them as f32
+/// (`load_scale`), and the zero point that only some formats have (whose binding moves the
+/// metadata uniform, always the last binding, from 4 to 5). f16 scales and zero points are read
+/// as pairs in u32 words and unpacked with `unpack2x16float` (core WGSL: no `enable f16`, no
+/// shader-f16 needed to run the kernel). `vec4`: the GEMV reads 4 columns at a time.
 fn register_format(
     template: SourceTemplate,
     format: QuantFormat,
-    zeros_element: &str,
+    scale_f16: bool,
+    vec4: bool,
 ) -> SourceTemplate {
-    let (zero_point_binding, zero_point, params_binding) = if format.has_zero_point() {
-        (
-            // Right after `out`.
-            format!(
-                "@group(0) @binding(4) var<storage, read_write> zeros: array<{zeros_element}>;"
-            ),
-            "zeros[at]",
-            "5",
-        )
-    } else {
-        (String::new(), "0.0", "4")
+    let zero_point = format.has_zero_point();
+    let element = match (scale_f16, vec4) {
+        (false, false) => "f32",
+        (false, true) => "vec4<f32>",
+        (true, false) => "u32",
+        (true, true) => "vec2<u32>",
     };
+    let declare = |binding: usize, name: &str| {
+        format!("@group(0) @binding({binding}) var<storage, read_write> {name}: array<{element}>;")
+    };
+    let read = |name: &str| match (scale_f16, vec4) {
+        (false, _) => format!("return {name}[at];"),
+        (true, false) => format!("return unpack2x16float({name}[at / 2u])[at % 2u];"),
+        (true, true) => format!(
+            "let pair = {name}[at];\n    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));"
+        ),
+    };
+    let result = if vec4 { "vec4<f32>" } else { "f32" };
+    let (load_scale, load_zero) = if vec4 {
+        ("load_scales", "load_zeros")
+    } else {
+        ("load_scale", "zero_point")
+    };
+    let mut functions = format!(
+        "fn {load_scale}(at: u32) -> {result} {{\n    {}\n}}",
+        read("scales")
+    );
+    functions += &format!("\n\nfn {load_zero}(at: u32) -> {result} {{\n    ");
+    functions += &if zero_point {
+        read("zeros")
+    } else {
+        format!("return {result}(0.0);")
+    };
+    functions += "\n}";
     template
+        .register("scale_binding", declare(2, "scales"))
+        // Right after `out`.
+        .register(
+            "zero_point_binding",
+            if zero_point {
+                declare(4, "zeros")
+            } else {
+                String::new()
+            },
+        )
+        .register("load_scale", functions)
+        .register("params_binding", if zero_point { "5" } else { "4" })
         .register("bits", format.bits().to_string())
         .register(
             "signed",
@@ -253,9 +356,6 @@ fn register_format(
             "group_words",
             (format.group() / format.values_per_word()).to_string(),
         )
-        .register("zero_point_binding", zero_point_binding)
-        .register("zero_point", zero_point)
-        .register("params_binding", params_binding)
 }
 
 #[cfg(test)]
@@ -266,16 +366,20 @@ mod tests {
     /// `{{name}}` must be gone and the values must be where the shader expects them.
     #[test]
     fn templates_are_filled_completely() {
-        for format in [QuantFormat::Q8_32, QuantFormat::Q4 { group: 128 }] {
+        for (format, scale_f16) in [
+            (QuantFormat::Q8_32, false),
+            (QuantFormat::Q4 { group: 128 }, true),
+        ] {
             let gemv = QuantGemv {
                 format,
+                scale_f16,
                 rows: 3,
                 quads_per_thread: 2,
                 x_vec4: true,
             }
             .source()
             .complete();
-            let gemm = QuantGemm { format }.source().complete();
+            let gemm = QuantGemm { format, scale_f16 }.source().complete();
             for source in [&gemv, &gemm] {
                 assert!(!source.contains("{{"), "unfilled placeholder in\n{source}");
                 assert!(source.contains("fn main("));
@@ -283,6 +387,8 @@ mod tests {
                     source.contains("var<storage, read_write> zeros"),
                     format.has_zero_point()
                 );
+                assert_eq!(source.contains("unpack2x16float("), scale_f16);
+                assert!(!source.contains("enable f16"));
             }
             assert!(gemv.contains("acc2_1") && !gemv.contains("acc3_") && !gemv.contains("acc0_2"));
             let group_words = format.group() / format.values_per_word();
