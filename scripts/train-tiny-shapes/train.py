@@ -767,7 +767,7 @@ def main():
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
     args = ap.parse_args()
-    torch.set_num_threads(TRAIN["threads"])
+    torch.set_num_threads(TRAIN["threads"])  # again below, after --set threads=N
 
     data = eval_set(EVAL["seed"], args.eval_n)
     if args.eval_only:
@@ -793,6 +793,7 @@ def main():
         k, v = kv.split("=", 1)
         assert k in cfg, k
         cfg[k] = type(cfg[k])(float(v)) if isinstance(cfg[k], (int, float)) else v
+    torch.set_num_threads(cfg["threads"])
     print("train config:", json.dumps(cfg), flush=True)
     model, train_s = train(cfg, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"training time: {train_s:.0f} s ({train_s / 60:.1f} min)", flush=True)
