@@ -68,17 +68,23 @@ impl Default for FigureShapes {
 }
 
 /// Mean milliseconds of `f` over `iters` launches after one warm-up (which compiles).
+/// Median of `iters` launches, each waited for on its own (one slow launch, a compile or a busy
+/// core, does not move the figure; as the `quant_matmul_speed` example times).
 fn time_ms<const D: usize>(device: &Device, iters: usize, f: impl Fn() -> Tensor<D>) -> f64 {
     let warm = f();
     drop(warm);
     let _ = device.sync();
-    let start = Instant::now();
-    for _ in 0..iters {
-        let out = f();
-        drop(out);
-    }
-    let _ = device.sync();
-    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            let out = f();
+            let _ = device.sync();
+            drop(out);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn weight(n: usize, k: usize) -> Vec<f32> {
