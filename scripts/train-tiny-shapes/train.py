@@ -149,6 +149,7 @@ TRAIN = dict(
     centre_label=0,  # a shape's centre patch carries its kind/colour label even when the patch centre misses it
     offset_weight=0.0,  # per-patch regression of where the centre of the shape under the patch is (see patch_targets)
     p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
+    few_colors_count_only=0,  # those scenes are asked only the count question
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -233,17 +234,19 @@ class Encoder:
         return res
 
 
-def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0):
+def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0, few_count_only=False):
     """One training scene and the task's questions that apply to it: [(qkind, question, answer)].
 
     The vision encoder then runs once for several questions. One shape (probability p_single): the colour and
     shape questions, and the count question with probability p_count_single; 2..4 shapes (uniform): the count
     question and "What color is the <kind>?" for every kind that occurs exactly once. With probability p_few_colors
-    a scene of several shapes takes its colours from only one or two of the six."""
+    a scene of several shapes takes its colours from only one or two of the six (few_count_only: and is asked only
+    the count question, so the colour-of-kind question keeps seeing varied colours)."""
     n = 1 if rng.random() < p_single else rng.randint(2, 4)
     kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
     palette = shapes.COLOR_NAMES
-    if n > 1 and p_few_colors > 0 and rng.random() < p_few_colors:
+    few = n > 1 and p_few_colors > 0 and rng.random() < p_few_colors
+    if few:
         palette = rng.sample(shapes.COLOR_NAMES, rng.randint(1, 2))
     colors = [rng.choice(palette) for _ in range(n)]
     img, drawn = shapes.draw_scene(
@@ -259,7 +262,7 @@ def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, 
             qa.append(("count", shapes.question_text("count"), "1"))
     else:
         qa.append(("count", shapes.question_text("count"), str(n)))
-        for k in shapes.KINDS:
+        for k in shapes.KINDS if not (few and few_count_only) else []:
             if kinds.count(k) == 1:
                 qa.append(("color_of_kind", shapes.question_text("color_of_kind", k), colors[kinds.index(k)]))
     if only is not None:
@@ -373,7 +376,8 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
             split = rng.random() < cfg["phase1_split_frac"]
         else:
             img, qa, drawn = scene_questions(
-                rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"], p_few_colors=cfg["p_few_colors"]
+                rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"], p_few_colors=cfg["p_few_colors"],
+                few_count_only=cfg["few_colors_count_only"] > 0,
             )
             split = rng.random() < cfg["split_frac"]
         first = len(imgs)
