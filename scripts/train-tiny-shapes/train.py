@@ -579,9 +579,28 @@ def evaluate(model, processors, data, log=True, failures=False):
             acc[(k, split)] = ok / len(exs)
     if log:
         print_table(acc, {k: len(v) for k, v in data.items()})
+        print_count_errors(data, wrong)
         for key, ws in wrong.items():
             print(f"  wrong {key}: {ws[:6]}")
     return acc
+
+
+def print_count_errors(data, wrong):
+    """How the count answers go wrong, against the shortcut of counting colours: under-counts that name the
+    number of distinct colours of a picture repeating a colour, over-counts on pictures whose colours all differ."""
+    colours = {(ex["image"].size, ex["question"], ex["answer"]): [s["color"] for s in ex["shapes"]] for ex in data["count"]}
+    under = under_colours = over = over_distinct = 0
+    for split in (False, True):
+        for size, question, want, got in wrong.get(("count", split), []):
+            cs = colours[(size, question, want)]
+            if got.isdigit() and int(got) < int(want):
+                under += 1
+                under_colours += int(got) == len(set(cs)) < len(cs)
+            elif got.isdigit() and int(got) > int(want):
+                over += 1
+                over_distinct += len(set(cs)) == len(cs)
+    print(f"count errors (both splitting modes): {under} under-counts, {under_colours} of them the number of distinct "
+          f"colours; {over} over-counts, {over_distinct} of them on pictures whose colours all differ", flush=True)
 
 
 def print_table(acc, counts):
