@@ -16,7 +16,7 @@
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
 // Template parameters: scale_binding, zero_point_binding and load_scales (the declarations of scales
-// and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size, bits, signed (true: two's-complement codes), group_words
+// and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size, bits, group_words
 // (words per group), quads_per_thread (QPT), x_binding and x_quad_body (x read as vec4s when k_in
 // is a multiple of 4, else as floats), zero_point_binding (the zeros declaration or nothing), and
 // the code generated for the numbers of rows and quads: rows (per thread), row_indices (the
@@ -54,7 +54,6 @@ struct Params {
 const WG: u32 = {{workgroup_size}}u;
 const BITS: u32 = {{bits}}u;
 const VALUES_PER_WORD: u32 = 32u / BITS;
-const SIGNED: bool = {{signed}};
 const GROUP_WORDS: u32 = {{group_words}}u;
 const QPT: u32 = {{quads_per_thread}}u;
 
@@ -67,14 +66,10 @@ const QPT: u32 = {{quads_per_thread}}u;
 
 {{load_scale}}
 
-// Code i of each of 4 words, as floats.
+// Signed (two's-complement) code i of each of 4 words, as floats.
 fn codes(w: vec4<u32>, i: u32) -> vec4<f32> {
-    if (SIGNED) {
-        let shifted = bitcast<vec4<i32>>(w << vec4<u32>(32u - BITS * (i + 1u)));
-        return vec4<f32>(shifted >> vec4<u32>(32u - BITS));
-    }
-    let masked = (w >> vec4<u32>(BITS * i)) & vec4<u32>((1u << BITS) - 1u);
-    return vec4<f32>(bitcast<vec4<i32>>(masked));
+    let shifted = bitcast<vec4<i32>>(w << vec4<u32>(32u - BITS * (i + 1u)));
+    return vec4<f32>(shifted >> vec4<u32>(32u - BITS));
 }
 
 // Unsigned code i of each of 4 words times 2^(BITS i), as floats, left in place: one AND instead of
