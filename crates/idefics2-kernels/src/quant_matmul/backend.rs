@@ -141,7 +141,8 @@ fn launch(
         || (m > GEMV_MAX_ROWS && cpu && FORCED_TILED_GEMM.get().is_none());
     // The GEMV's K slices, each with its partial sums [m, n_out] in `out`.
     let (splits, groups_per_split) = if gemv {
-        gemv_splits(m, n_out, k_in, groups, cpu)
+        // a launch of row blocks holds each block's rows in registers, as a GEMV of that many rows
+        gemv_splits(m.min(GEMV_MAX_ROWS), n_out, k_in, groups, cpu)
     } else {
         (1, groups)
     };
