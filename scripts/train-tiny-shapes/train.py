@@ -150,6 +150,7 @@ TRAIN = dict(
     offset_weight=0.0,  # per-patch regression of where the centre of the shape under the patch is (see patch_targets)
     p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
     few_colors_count_only=0,  # those scenes are asked only the count question
+    pos_init=0.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -701,6 +702,24 @@ def init_weights(model, cfg):
                 p.copy_(torch.randn(p.shape, generator=g) * cfg["latent_std"])
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * (cfg["vision_init_gain"] / math.sqrt(p[0].numel())))
+    if cfg["pos_init"] > 0:
+        pe = model.model.vision_model.embeddings.position_embedding.weight
+        pe.copy_(cfg["pos_init"] * sincos_2d(model.config.vision_config.image_size // model.config.vision_config.patch_size, pe.shape[1]))
+
+
+def sincos_2d(side, dim):
+    """[side * side, dim] position codes of a side x side grid (row-major, as the vision position ids): half the
+    channels sin/cos of the row, half of the column, at dim / 4 frequencies from a half turn over the grid to a
+    period of 2 cells. Their dot products fall off with distance, so attention can group nearby patches from the
+    start (transformers' normal(0, 0.02) position embeddings are 50x weaker than the patch embeddings)."""
+    n = dim // 4
+    freqs = math.pi / side * (side / 2) ** (torch.arange(n, dtype=torch.float64) / max(1, n - 1))
+    pos = torch.arange(side, dtype=torch.float64)
+    ang = pos[:, None] * freqs[None, :]
+    code = torch.cat([torch.sin(ang), torch.cos(ang)], 1)  # [side, dim / 2]
+    rows = code[:, None, :].expand(side, side, 2 * n)
+    cols = code[None, :, :].expand(side, side, 2 * n)
+    return torch.cat([rows, cols], -1).reshape(side * side, 4 * n).float()
 
 
 def lr_at(step, cfg):
