@@ -67,9 +67,9 @@ impl Default for FigureShapes {
     }
 }
 
-/// Mean milliseconds of `f` over `iters` launches after one warm-up (which compiles).
-/// Median of `iters` launches, each waited for on its own (one slow launch, a compile or a busy
-/// core, does not move the figure; as the `quant_matmul_speed` example times).
+/// Median milliseconds of `f` over `iters` launches after one warm-up (which compiles), each
+/// launch waited for on its own (one slow launch, a compile or a busy core, does not move the
+/// figure; as the `quant_matmul_speed` example times).
 fn time_ms<const D: usize>(device: &Device, iters: usize, f: impl Fn() -> Tensor<D>) -> f64 {
     let warm = f();
     drop(warm);
