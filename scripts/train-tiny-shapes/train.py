@@ -263,9 +263,9 @@ def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, 
             qa.append(("count", shapes.question_text("count"), "1"))
     else:
         qa.append(("count", shapes.question_text("count"), str(n)))
-        for k in shapes.KINDS if not (few and few_count_only) else []:
-            if kinds.count(k) == 1:
-                qa.append(("color_of_kind", shapes.question_text("color_of_kind", k), colors[kinds.index(k)]))
+        asked = [] if few and few_count_only else [k for k in shapes.KINDS if kinds.count(k) == 1]
+        for k in asked:
+            qa.append(("color_of_kind", shapes.question_text("color_of_kind", k), colors[kinds.index(k)]))
     if only is not None:
         qa = [x for x in qa if x[0] in only]
     return img, qa, drawn
