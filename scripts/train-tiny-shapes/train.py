@@ -151,6 +151,8 @@ TRAIN = dict(
     p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
     few_colors_count_only=0,  # those scenes are asked only the count question
     pos_init=0.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
+    cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
+    phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -235,16 +237,22 @@ class Encoder:
         return res
 
 
-def scene_questions(rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0, few_count_only=False):
+def scene_questions(
+    rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0, few_count_only=False, n_shapes=None
+):
     """One training scene and the task's questions that apply to it: [(qkind, question, answer)].
 
     The vision encoder then runs once for several questions. One shape (probability p_single): the colour and
     shape questions, and the count question with probability p_count_single; 2..4 shapes (uniform): the count
     question and "What color is the <kind>?" for every kind that occurs exactly once. With probability p_few_colors
     a scene of several shapes takes its colours from only one or two of the six (few_count_only: and is asked only
-    the count question, so the colour-of-kind question keeps seeing varied colours)."""
-    n = 1 if rng.random() < p_single else rng.randint(2, 4)
-    kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
+    the count question, so the colour-of-kind question keeps seeing varied colours). n_shapes: that many shapes,
+    all of different kinds."""
+    if n_shapes is not None:
+        n, kinds = n_shapes, rng.sample(shapes.KINDS, n_shapes)
+    else:
+        n = 1 if rng.random() < p_single else rng.randint(2, 4)
+        kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
     palette = shapes.COLOR_NAMES
     few = n > 1 and p_few_colors > 0 and rng.random() < p_few_colors
     if few:
@@ -372,7 +380,10 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
     shape of that kind or 0 (-100 on crops)); one per scene's whole image, one per crop with crop_count."""
     seqs, imgs, scenes = [], [], []
     for _ in range(n_scenes):
-        if phase1:
+        if phase1 and cfg["phase1_cok"] > 0 and rng.random() < cfg["phase1_cok"]:
+            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 0.0, 0.0, only=("color_of_kind",), n_shapes=2)
+            split = rng.random() < cfg["phase1_split_frac"]
+        elif phase1:
             img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 1.0, 0.0, only=("shape",))
             split = rng.random() < cfg["phase1_split_frac"]
         else:
@@ -496,7 +507,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
     groups = {}
     for s in seqs:
         groups.setdefault(len(s[4]), []).append(s)
-    hs, tgt, first, kinds = [], [], [], []
+    hs, tgt, first, kinds, weights = [], [], [], [], []
     for _, group in sorted(groups.items()):
         T = max(len(s[0]) for s in group)
         ids = torch.zeros(len(group), T, dtype=torch.long)  # padding id 0 (<unk>)
@@ -509,6 +520,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
                 rows.append(b)
                 cols.append(n_prompt - 1 + k)
                 tgt.append(t)
+                weights.append(cfg["cok_weight"] if cfg and qkind == "color_of_kind" else 1.0)
                 word = k == len(targets) - 2 if len(targets) == 3 else k == 0  # the word, not "▁" or the end
                 first.append(word)
                 if word:
@@ -518,7 +530,11 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
         hs.append(out.last_hidden_state[torch.tensor(rows, device=DEV), torch.tensor(cols, device=DEV)])
     logits = model.lm_head(torch.cat(hs, 0)).float()
     tgt = torch.tensor(tgt, device=DEV)
-    loss = F.cross_entropy(logits, tgt)
+    if cfg and cfg["cok_weight"] != 1.0:
+        w = torch.tensor(weights, device=DEV)
+        loss = (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
+    else:  # the plain mean, bit for bit as the shipped checkpoint was trained
+        loss = F.cross_entropy(logits, tgt)
     with torch.no_grad():
         ok = (logits.argmax(-1) == tgt)[torch.tensor(first, device=DEV)].tolist()
         word_ok = {}
@@ -560,7 +576,7 @@ def answer(model, processor, image, question, max_new_tokens=EVAL["max_new_token
 def evaluate(model, processors, data, log=True, failures=False):
     """Returns {(qkind, split): accuracy} and prints a table."""
     model.eval()
-    acc, wrong = {}, {}
+    acc, wrong, wrong_examples = {}, {}, {}
     for split in (False, True):
         for k, exs in data.items():
             ok = 0
@@ -570,6 +586,7 @@ def evaluate(model, processors, data, log=True, failures=False):
                     ok += 1
                 else:
                     wrong.setdefault((k, split), []).append((ex["image"].size, ex["question"], ex["answer"], a))
+                    wrong_examples.setdefault((k, split), []).append((ex, a))
                     if failures:
                         W, H = ex["image"].size
                         print(f"  FAIL {k} split={'on' if split else 'off'} {W}x{H} aspect {max(W, H) / min(W, H):.1f} "
@@ -580,20 +597,20 @@ def evaluate(model, processors, data, log=True, failures=False):
             acc[(k, split)] = ok / len(exs)
     if log:
         print_table(acc, {k: len(v) for k, v in data.items()})
-        print_count_errors(data, wrong)
+        print_count_errors(wrong_examples)
         for key, ws in wrong.items():
             print(f"  wrong {key}: {ws[:6]}")
     return acc
 
 
-def print_count_errors(data, wrong):
+def print_count_errors(wrong_examples):
     """How the count answers go wrong, against the shortcut of counting colours: under-counts that name the
-    number of distinct colours of a picture repeating a colour, over-counts on pictures whose colours all differ."""
-    colours = {(ex["image"].size, ex["question"], ex["answer"]): [s["color"] for s in ex["shapes"]] for ex in data["count"]}
+    number of distinct colours of a picture repeating a colour, over-counts on pictures whose colours all differ.
+    wrong_examples: {(qkind, split): [(example, answer given)]}."""
     under = under_colours = over = over_distinct = 0
     for split in (False, True):
-        for size, question, want, got in wrong.get(("count", split), []):
-            cs = colours[(size, question, want)]
+        for ex, got in wrong_examples.get(("count", split), []):
+            want, cs = ex["answer"], [s["color"] for s in ex["shapes"]]
             if got.isdigit() and int(got) < int(want):
                 under += 1
                 under_colours += int(got) == len(set(cs)) < len(cs)
