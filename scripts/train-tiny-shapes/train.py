@@ -153,6 +153,8 @@ TRAIN = dict(
     pos_init=0.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
+    kind_slots=0.0,  # > 0: image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle (this weight)
+    count_slot=0.0,  # > 0: image token 3 predicts the number of shapes (this weight)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -504,6 +506,20 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
         with torch.no_grad():
             whole = st[:, 1] >= 0
             scene_count_acc = (sl[:, :n_count].argmax(-1) == st[:, 0])[whole].float().mean().item()
+        if "slots" in heads:
+            # one image token per kind holds that kind's colour: the answer is then a lookup by the question's word
+            slot_logits = heads["slots"](feats[which][:, : len(shapes.KINDS)]).float()  # [scenes, kinds, 1 + colours]
+            slot_tgt = st[:, 1 : 1 + len(shapes.KINDS)]
+            scene_loss = scene_loss + cfg["kind_slots"] * F.cross_entropy(slot_logits.flatten(0, 1), slot_tgt.flatten())
+            with torch.no_grad():
+                named = slot_tgt > 0
+                slot_acc = (slot_logits.argmax(-1) == slot_tgt)[named].float().mean().item() if named.any() else 0.0
+        if "count_slot" in heads:
+            # one image token holds the count (a latent can count the centre patches against the other latents)
+            cl = heads["count_slot"](feats[which][:, len(shapes.KINDS)]).float()
+            scene_loss = scene_loss + cfg["count_slot"] * F.cross_entropy(cl, st[:, 0])
+            with torch.no_grad():
+                count_slot_acc = (cl.argmax(-1) == st[:, 0])[whole].float().mean().item()
     groups = {}
     for s in seqs:
         groups.setdefault(len(s[4]), []).append(s)
@@ -544,6 +560,10 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
             word_ok["patch"] = [aux_acc]
         if scene_loss is not None:
             word_ok["scene_count"] = [scene_count_acc]
+            if "slots" in heads:
+                word_ok["slots"] = [slot_acc]
+            if "count_slot" in heads:
+                word_ok["count_slot"] = [count_slot_acc]
     if aux_loss is not None:
         loss = loss + cfg["aux_weight"] * aux_loss
     if scene_loss is not None:
@@ -760,6 +780,10 @@ def train(cfg, log_every=25, max_seconds=None):
         heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2 + n_off)
     if cfg["scene_aux_weight"] > 0:
         heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
+    if cfg["kind_slots"] > 0:
+        heads["slots"] = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES))
+    if cfg["count_slot"] > 0:
+        heads["count_slot"] = torch.nn.Linear(TEXT["hidden_size"], 5 if cfg["crop_count"] > 0 else 4)
     heads = {k: h.to(DEV) for k, h in heads.items()}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params} ({n_params * 2 / 1e6:.1f} MB in bf16)", flush=True)
@@ -802,7 +826,7 @@ def train(cfg, log_every=25, max_seconds=None):
             run_ok.setdefault(k, []).extend(v)
         if (step + 1) % log_every == 0:
             el = time.time() - t0
-            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count"] if k in run_ok)
+            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
