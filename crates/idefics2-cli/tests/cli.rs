@@ -3,7 +3,7 @@
 //! generate), batches, chats, hub-cache resolution offline, and one-line errors.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -263,7 +263,7 @@ fn gpu_matches_the_reference() {
 }
 
 /// Lays out `models--org--tiny/{refs/main, snapshots/<commit>/...}` as the hub cache does.
-fn hub_cache(name: &str, skip: &[&str]) -> PathBuf {
+fn hub_cache(name: &str, skip: &[&str]) -> TempDir {
     let cache = tempdir(name);
     let commit = "0123456789abcdef0123456789abcdef01234567";
     let repo = cache.join("models--org--tiny");
@@ -454,11 +454,33 @@ fn bad_input_gives_one_clear_line() {
     assert!(err.contains("512"), "{err}");
 }
 
-fn tempdir(name: &str) -> PathBuf {
+/// A fresh directory under the system's temporary folder, removed again when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("idefics2-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 #[test]
