@@ -18,9 +18,9 @@ use idefics2::{DeviceChoice, init_device};
 
 const IMAGES: usize = 200;
 const BATCH: usize = 10;
-/// Issue 6 asks for 0.95; the shipped checkpoint answers 91.5% of these (183/200, the same on
+/// Issue 6 asks for 0.95; the shipped checkpoint answers 92.5% of these (185/200, the same on
 /// both devices), so this guards what it reaches until a better one is trained.
-const REQUIRED: f64 = 0.90;
+const REQUIRED: f64 = 0.92;
 
 fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/idefics2-tiny-shapes")
