@@ -153,8 +153,8 @@ TRAIN = dict(
     pos_init=1.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
-    kind_slots=1.0,  # > 0: image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle (this weight)
-    count_slot=0.0,  # > 0: image token 3 predicts the number of shapes (this weight)
+    kind_slots=1.0,  # > 0 (with the scene loss): image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle
+    count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (not tried in a full training)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
