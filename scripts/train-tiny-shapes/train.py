@@ -576,10 +576,16 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def eval_set(seed, n_per_kind):
-    """Fresh held-out examples (exact colours, no jitter): {qkind: [example]}."""
+def eval_set(seed, n_per_kind, geometric=False):
+    """Fresh held-out examples (exact colours, no jitter): {qkind: [example]}. geometric: the same pictures
+    rasterized by pixel centres (rerender_geometric), as the Rust accuracy test draws them."""
     rng = random.Random(seed)
-    return {k: [shapes.sample_example(rng, qkind=k, jitter=0) for _ in range(n_per_kind)] for k in shapes.QUESTION_KINDS}
+    data = {k: [shapes.sample_example(rng, qkind=k, jitter=0) for _ in range(n_per_kind)] for k in shapes.QUESTION_KINDS}
+    if geometric:
+        for exs in data.values():
+            for ex in exs:
+                ex["image"] = rerender_geometric(ex["image"], ex["shapes"])
+    return data
 
 
 @torch.no_grad()
@@ -845,6 +851,7 @@ def main():
     ap.add_argument("--eval-n", type=int, default=EVAL["n_per_kind"])
     ap.add_argument("--eval-only", default=None, help="evaluate a saved checkpoint directory and exit")
     ap.add_argument("--no-samples", action="store_true")
+    ap.add_argument("--eval-geometric", action="store_true", help="evaluate on pictures rasterized by pixel centres")
     ap.add_argument("--failures", action="store_true", help="print every wrong answer with the image size and shapes")
     ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3")
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
@@ -852,7 +859,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(TRAIN["threads"])  # again below, after --set threads=N
 
-    data = eval_set(EVAL["seed"], args.eval_n)
+    data = eval_set(EVAL["seed"], args.eval_n, args.eval_geometric)
     if args.eval_only:
         model, procs = load_checkpoint(args.eval_only)
         evaluate(model, procs, data, failures=args.failures)
