@@ -382,11 +382,11 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
     shape of that kind or 0 (-100 on crops)); one per scene's whole image, one per crop with crop_count."""
     seqs, imgs, scenes = [], [], []
     for _ in range(n_scenes):
-        if phase1 and cfg["phase1_cok"] > 0 and rng.random() < cfg["phase1_cok"]:
-            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 0.0, 0.0, only=("color_of_kind",), n_shapes=2)
-            split = rng.random() < cfg["phase1_split_frac"]
-        elif phase1:
-            img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 1.0, 0.0, only=("shape",))
+        if phase1:
+            if cfg["phase1_cok"] > 0 and rng.random() < cfg["phase1_cok"]:
+                img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 0.0, 0.0, only=("color_of_kind",), n_shapes=2)
+            else:
+                img, qa, drawn = scene_questions(rng, cfg["jitter"], min_frac, 1.0, 0.0, only=("shape",))
             split = rng.random() < cfg["phase1_split_frac"]
         else:
             img, qa, drawn = scene_questions(
@@ -602,7 +602,7 @@ def answer(model, processor, image, question, max_new_tokens=EVAL["max_new_token
 def evaluate(model, processors, data, log=True, failures=False):
     """Returns {(qkind, split): accuracy} and prints a table."""
     model.eval()
-    acc, wrong, wrong_examples = {}, {}, {}
+    acc, wrong = {}, {}  # wrong: {(qkind, split): [(example, answer given)]}
     for split in (False, True):
         for k, exs in data.items():
             ok = 0
@@ -611,8 +611,7 @@ def evaluate(model, processors, data, log=True, failures=False):
                 if a == ex["answer"]:
                     ok += 1
                 else:
-                    wrong.setdefault((k, split), []).append((ex["image"].size, ex["question"], ex["answer"], a))
-                    wrong_examples.setdefault((k, split), []).append((ex, a))
+                    wrong.setdefault((k, split), []).append((ex, a))
                     if failures:
                         W, H = ex["image"].size
                         print(f"  FAIL {k} split={'on' if split else 'off'} {W}x{H} aspect {max(W, H) / min(W, H):.1f} "
@@ -623,19 +622,19 @@ def evaluate(model, processors, data, log=True, failures=False):
             acc[(k, split)] = ok / len(exs)
     if log:
         print_table(acc, {k: len(v) for k, v in data.items()})
-        print_count_errors(wrong_examples)
+        print_count_errors(wrong)
         for key, ws in wrong.items():
-            print(f"  wrong {key}: {ws[:6]}")
+            print(f"  wrong {key}: {[(ex['image'].size, ex['question'], ex['answer'], a) for ex, a in ws[:6]]}")
     return acc
 
 
-def print_count_errors(wrong_examples):
+def print_count_errors(wrong):
     """How the count answers go wrong, against the shortcut of counting colours: under-counts that name the
     number of distinct colours of a picture repeating a colour, over-counts on pictures whose colours all differ.
-    wrong_examples: {(qkind, split): [(example, answer given)]}."""
+    wrong: {(qkind, split): [(example, answer given)]}."""
     under = under_colours = over = over_distinct = 0
     for split in (False, True):
-        for ex, got in wrong_examples.get(("count", split), []):
+        for ex, got in wrong.get(("count", split), []):
             want, cs = ex["answer"], [s["color"] for s in ex["shapes"]]
             if got.isdigit() and int(got) < int(want):
                 under += 1
