@@ -150,11 +150,12 @@ TRAIN = dict(
     offset_weight=1.0,  # per-patch regression of where the centre of the shape under the patch is (see patch_targets)
     p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
     few_colors_count_only=0,  # those scenes are asked only the count question
+    few_colors_from=0,  # first step with few-colour scenes (earlier, they hold the colour-of-kind question on its plateau)
     pos_init=1.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
     kind_slots=1.0,  # > 0 (with the scene loss): image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle
-    count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (not tried in a full training)
+    count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (no gain by step 3200, README)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -819,7 +820,8 @@ def train(cfg, log_every=25, max_seconds=None):
         phase1 = step < cfg["phase1_steps"]
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
-        seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], cfg, min_frac, phase1)
+        step_cfg = cfg if step >= cfg["few_colors_from"] else dict(cfg, p_few_colors=0.0)
+        seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
         opt.zero_grad(set_to_none=True)

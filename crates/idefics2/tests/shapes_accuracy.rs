@@ -39,6 +39,10 @@ fn accuracy(device: &Device, label: &str) -> f64 {
     let options = pipeline.generation_options(3);
     let examples = examples();
     let mut per_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    // SHAPES_ACCURACY_DUMP=DIR: the pictures and answers, so that the reference can be asked the same
+    // (scripts/train-tiny-shapes/ask-dumped.py)
+    let dump = std::env::var_os("SHAPES_ACCURACY_DUMP").map(|d| PathBuf::from(d).join(label));
+    let mut dump_lines = String::new();
     for (chunk_index, chunk) in examples.chunks(BATCH).enumerate() {
         let splitting = chunk_index % 2 == 1;
         let requests: Vec<Request> = chunk
@@ -62,6 +66,17 @@ fn accuracy(device: &Device, label: &str) -> f64 {
             .unwrap();
         for (row, e) in chunk.iter().enumerate() {
             let answer = pipeline.decode(&out.tokens[row]).unwrap();
+            if let Some(dir) = &dump {
+                let index = chunk_index * BATCH + row;
+                std::fs::create_dir_all(dir).unwrap();
+                e.image.save(dir.join(format!("{index:03}.png"))).unwrap();
+                dump_lines += &format!(
+                    "{index:03}.png\t{splitting}\t{}\t{}\t{}\n",
+                    e.question,
+                    e.answer,
+                    answer.trim()
+                );
+            }
             let key = format!("{} split={}", e.kind, if splitting { "on" } else { "off" });
             let entry = per_kind.entry(key).or_default();
             entry.1 += 1;
@@ -74,6 +89,9 @@ fn accuracy(device: &Device, label: &str) -> f64 {
                 );
             }
         }
+    }
+    if let Some(dir) = &dump {
+        std::fs::write(dir.join("answers.tsv"), dump_lines).unwrap();
     }
     let (right, total) = per_kind
         .values()
