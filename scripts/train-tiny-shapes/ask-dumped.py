@@ -15,11 +15,12 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.argv, args = sys.argv[:1], sys.argv[1:]
 import train  # noqa: E402
 
-dump = args[0]
-model_dir = args[1] if len(args) > 1 else train.DEFAULT_OUT
+if len(sys.argv) < 2:
+    sys.exit(__doc__)
+dump = sys.argv[1]
+model_dir = sys.argv[2] if len(sys.argv) > 2 else train.DEFAULT_OUT
 model, procs = train.load_checkpoint(model_dir)
 rows = [line.split("\t") for line in open(os.path.join(dump, "answers.tsv")).read().splitlines()]
 tally, differ = {}, []
