@@ -24,10 +24,9 @@ model_dir = sys.argv[2] if len(sys.argv) > 2 else train.DEFAULT_OUT
 model, procs = train.load_checkpoint(model_dir)
 rows = [line.split("\t") for line in open(os.path.join(dump, "answers.tsv")).read().splitlines()]
 tally, differ = {}, []
-for name, split, question, want, got_rust in rows:
+for name, split, kind, question, want, got_rust in rows:
     split = split == "true"
     got_ref = train.answer(model, procs[split], Image.open(os.path.join(dump, name)).convert("RGB"), question)
-    kind = "color_of_kind" if question.startswith("What color is the") and "shape" not in question else question
     t = tally.setdefault((kind, split), [0, 0, 0])
     t[0] += got_rust == want
     t[1] += got_ref == want

@@ -42,6 +42,9 @@ fn accuracy(device: &Device, label: &str) -> f64 {
     // SHAPES_ACCURACY_DUMP=DIR: the pictures and answers, so that the reference can be asked the same
     // (scripts/train-tiny-shapes/ask-dumped.py)
     let dump = std::env::var_os("SHAPES_ACCURACY_DUMP").map(|d| PathBuf::from(d).join(label));
+    if let Some(dir) = &dump {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     let mut dump_lines = String::new();
     for (chunk_index, chunk) in examples.chunks(BATCH).enumerate() {
         let splitting = chunk_index % 2 == 1;
@@ -68,10 +71,10 @@ fn accuracy(device: &Device, label: &str) -> f64 {
             let answer = pipeline.decode(&out.tokens[row]).unwrap();
             if let Some(dir) = &dump {
                 let index = chunk_index * BATCH + row;
-                std::fs::create_dir_all(dir).unwrap();
                 e.image.save(dir.join(format!("{index:03}.png"))).unwrap();
                 dump_lines += &format!(
-                    "{index:03}.png\t{splitting}\t{}\t{}\t{}\n",
+                    "{index:03}.png\t{splitting}\t{}\t{}\t{}\t{}\n",
+                    e.kind,
                     e.question,
                     e.answer,
                     answer.trim()
