@@ -156,11 +156,16 @@ TRAIN = dict(
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
     kind_slots=1.0,  # > 0 (with the scene loss): image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle
     count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (no gain by step 3200, README)
+    patch_count=0.0,  # > 0: every real patch also predicts the number of shape centres in its image (0..4), this loss weight
+    centre_density=0.0,  # > 0: every patch regresses its share of the shape centres (bilinear, sums to the count; see patch_targets)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
 CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
+PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
+DENSITY = [0.0]  # set from TRAIN["centre_density"] in train()
+EXTRA_METRICS = {}  # training accuracies of the optional patch heads, logged with the others
 
 
 def build_config():
@@ -235,8 +240,8 @@ class Encoder:
         for i in range(pv.shape[0]):
             h, w = int(pm[i, :, 0].sum()), int(pm[i, 0, :].sum())
             assert pm[i, :h, :w].all() and pm[i].sum() == h * w
-            t, off = patch_targets(labels, drawn, crops[i], h, w, centre_label=self.centre_label)
-            res.append((pv[i, :, :h, :w], pm[i, :h, :w], t, n_centres(drawn, crops[i]), off))
+            t, off, dens = patch_targets(labels, drawn, crops[i], h, w, centre_label=self.centre_label)
+            res.append((pv[i, :, :h, :w], pm[i, :h, :w], t, n_centres(drawn, crops[i]), off, dens))
         return res
 
 
@@ -364,7 +369,21 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     pcx = (np.arange(gx) * patch + patch / 2)[None, :]
     pcy = (np.arange(gy) * patch + patch / 2)[:, None]
     off = np.stack([(cxs[idx] - pcx) / (4 * patch), (cys[idx] - pcy) / (4 * patch)], -1).astype(np.float32)
-    return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre], -1)), torch.from_numpy(off)
+    # each shape centre inside the crop split bilinearly over the (up to) 4 patch centres around it, clamped into the
+    # grid the encoder keeps: the density sums to the count exactly, with no border between patches to guess
+    dens = np.zeros((gy, gx), dtype=np.float32)
+    for i in range(len(drawn)):
+        cx, cy = cxs[i + 1], cys[i + 1]
+        if not (0 <= cx < w * 1.0 and 0 <= cy < h * 1.0) or not n_centres([drawn[i]], crop):
+            continue
+        u, v = cx / patch - 0.5, cy / patch - 0.5
+        i0, j0 = math.floor(u), math.floor(v)
+        fu, fv = u - i0, v - j0
+        for di, wu in ((0, 1 - fu), (1, fu)):
+            for dj, wv in ((0, 1 - fv), (1, fv)):
+                dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
+    count = np.full((gy, gx), n_centres(drawn, crop), dtype=np.int64)
+    return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre, count], -1)), torch.from_numpy(off), torch.from_numpy(dens)
 
 
 def n_centres(drawn, crop):
@@ -436,21 +455,23 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
     if cur:
         groups.append(cur)
     feats = [None] * len(imgs)
-    aux_logits, aux_tgt, aux_off = [], [], []
+    aux_logits, aux_tgt, aux_off, aux_dens, dens_sum_err = [], [], [], [], []
     ps = model.config.vision_config.patch_size
     for g in groups:
         hmax = max(imgs[j][0].shape[1] for j in g)
         wmax = max(imgs[j][0].shape[2] for j in g)
         pv = torch.zeros(len(g), 3, hmax, wmax)
         pm = torch.zeros(len(g), hmax, wmax, dtype=torch.long)
-        tgt = torch.full((len(g), hmax // ps, wmax // ps, 3), -100, dtype=torch.long)
+        tgt = torch.full((len(g), hmax // ps, wmax // ps, 4), -100, dtype=torch.long)
         otgt = torch.full((len(g), hmax // ps, wmax // ps, 2), float("nan"))
+        dtgt = torch.zeros(len(g), hmax // ps, wmax // ps)
         for k, j in enumerate(g):
-            p, m, t, _, off = imgs[j]
+            p, m, t, _, off, dens = imgs[j]
             pv[k, :, : p.shape[1], : p.shape[2]] = p
             pm[k, : m.shape[0], : m.shape[1]] = m
             tgt[k, : t.shape[0], : t.shape[1]] = t
             otgt[k, : off.shape[0], : off.shape[1]] = off
+            dtgt[k, : dens.shape[0], : dens.shape[1]] = dens
         pv, pm = pv.to(DEV), pm.to(DEV)
         # as Idefics2Model.get_image_features (no padding images here)
         sub = pm.unfold(1, ps, ps).unfold(2, ps, ps)
@@ -460,9 +481,15 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         for k, j in enumerate(g):
             feats[j] = f[k]
         if aux_head is not None:
-            aux_logits.append(aux_head(hidden).flatten(0, 1))
+            al = aux_head(hidden)
+            aux_logits.append(al.flatten(0, 1))
             aux_tgt.append(tgt.flatten(0, 2))
             aux_off.append(otgt.flatten(0, 2))
+            if DENSITY[0] > 0:  # per-image sums of the predicted centre density against the count
+                real = (tgt[..., 0] >= 0).flatten(1).to(DEV)
+                dsum = (al[..., -1].float() * real).sum(1)
+                dens_sum_err.append(F.smooth_l1_loss(dsum, dtgt.flatten(1).sum(1).to(DEV), reduction="none", beta=0.25))
+                aux_dens.append(dtgt.flatten(0, 2))
     feats = torch.cat(feats, 0)
     if aux_head is None:
         return feats, None, None
@@ -473,14 +500,31 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         + F.cross_entropy(logits[:, n_kind : n_kind + n_col], tgt[:, 1])
         + F.cross_entropy(logits[:, n_kind + n_col : n_kind + n_col + 2], tgt[:, 2], weight=CENTRE_WEIGHTS.to(logits.device))
     )
-    if logits.shape[1] > n_kind + n_col + 2:  # centre offsets (see patch_targets)
+    if OFFSET_WEIGHT[0] > 0:  # centre offsets (see patch_targets)
         off = torch.cat(aux_off).to(DEV)
         on = ~torch.isnan(off[:, 0])
-        loss = loss + OFFSET_WEIGHT[0] * F.smooth_l1_loss(logits[:, n_kind + n_col + 2 :][on], off[on], beta=0.25)
+        o0 = n_kind + n_col + 2
+        loss = loss + OFFSET_WEIGHT[0] * F.smooth_l1_loss(logits[:, o0 : o0 + 2][on], off[on], beta=0.25)
+    n_extra = n_kind + n_col + 2 + (2 if OFFSET_WEIGHT[0] > 0 else 0)
+    if PATCH_COUNT[0] > 0:  # the count of the patch's image, on every real patch
+        loss = loss + PATCH_COUNT[0] * F.cross_entropy(logits[:, n_extra : n_extra + 5], tgt[:, 3])
+        n_extra += 5
+    if DENSITY[0] > 0:
+        real = tgt[:, 0] >= 0
+        dens = torch.cat(aux_dens).to(DEV)
+        # per patch (x 10: the targets are small) and per image sum
+        loss = loss + DENSITY[0] * (
+            10 * F.smooth_l1_loss(logits[:, n_extra][real], dens[real], beta=0.1) + torch.cat(dens_sum_err).mean()
+        )
     with torch.no_grad():
         real = tgt[:, 0] >= 0
         shape_px = real & (tgt[:, 0] > 0)
         acc = (logits[:, :n_kind].argmax(-1) == tgt[:, 0])[shape_px].float().mean().item()
+        if PATCH_COUNT[0] > 0:
+            n_pc = n_kind + n_col + 2 + (2 if OFFSET_WEIGHT[0] > 0 else 0)
+            EXTRA_METRICS["patch_count"] = (logits[:, n_pc : n_pc + 5].argmax(-1) == tgt[:, 3])[real].float().mean().item()
+        if DENSITY[0] > 0:  # images whose rounded density sum is their count
+            EXTRA_METRICS["density_count"] = (torch.cat(dens_sum_err) < 0.125).float().mean().item()
     return feats, loss, acc
 
 
@@ -559,6 +603,8 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
             word_ok.setdefault(qkind, []).append(o)
         if aux_loss is not None:
             word_ok["patch"] = [aux_acc]
+            for k, v in EXTRA_METRICS.items():
+                word_ok[k] = [v]
         if scene_loss is not None:
             word_ok["scene_count"] = [scene_count_acc]
             if "slots" in heads:
@@ -782,8 +828,13 @@ def train(cfg, log_every=25, max_seconds=None):
     heads = {}
     if cfg["aux_weight"] > 0:
         n_off = 2 if cfg["offset_weight"] > 0 else 0
-        OFFSET_WEIGHT[0] = cfg["offset_weight"]
-        heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2 + n_off)
+        OFFSET_WEIGHT[0], PATCH_COUNT[0], DENSITY[0] = cfg["offset_weight"], cfg["patch_count"], cfg["centre_density"]
+        n_extra = (5 if cfg["patch_count"] > 0 else 0) + (1 if cfg["centre_density"] > 0 else 0)
+        heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2 + n_off + n_extra)
+        if cfg["centre_density"] > 0:  # the density starts at 0 everywhere: random sums over 256 patches would swamp the rest
+            with torch.no_grad():
+                heads["patch"].weight[-1].zero_()
+                heads["patch"].bias[-1].zero_()
     if cfg["scene_aux_weight"] > 0:
         heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
     if cfg["kind_slots"] > 0:
@@ -833,7 +884,7 @@ def train(cfg, log_every=25, max_seconds=None):
             run_ok.setdefault(k, []).extend(v)
         if (step + 1) % log_every == 0:
             el = time.time() - t0
-            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot"] if k in run_ok)
+            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot", "patch_count", "density_count"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
