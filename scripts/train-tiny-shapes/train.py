@@ -150,6 +150,7 @@ TRAIN = dict(
     offset_weight=1.0,  # per-patch regression of where the centre of the shape under the patch is (see patch_targets)
     p_few_colors=0.0,  # multi-shape scenes drawn from only 1-2 colours (counting must not count colours)
     few_colors_count_only=0,  # those scenes are asked only the count question
+    p_balanced_colors=0.0,  # multi-shape scenes whose number of distinct colours is uniform in 1..n (see scene_questions)
     few_colors_from=0,  # first step with few-colour scenes (earlier, they hold the colour-of-kind question on its plateau)
     pos_init=1.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
@@ -246,7 +247,8 @@ class Encoder:
 
 
 def scene_questions(
-    rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0, few_count_only=False, n_shapes=None
+    rng, jitter, min_frac, p_single, p_count_single, only=None, p_few_colors=0.0, few_count_only=False, n_shapes=None,
+    p_balanced_colors=0.0,
 ):
     """One training scene and the task's questions that apply to it: [(qkind, question, answer)].
 
@@ -265,7 +267,16 @@ def scene_questions(
     few = n > 1 and p_few_colors > 0 and rng.random() < p_few_colors
     if few:
         palette = rng.sample(shapes.COLOR_NAMES, rng.randint(1, 2))
-    colors = [rng.choice(palette) for _ in range(n)]
+    if not few and n > 1 and p_balanced_colors > 0 and rng.random() < p_balanced_colors:
+        # With colours drawn independently, the number of distinct colours predicts the count (always for one shape,
+        # 83% of two, 56% of three, 28% of four): the shipped model counts colours and takes 3 distinct colours for
+        # 3 or 4 shapes alike. Here the number of distinct colours d is uniform in 1..n, so it tells little.
+        d = rng.randint(1, n)
+        colors = rng.sample(shapes.COLOR_NAMES, d)
+        colors += [rng.choice(colors) for _ in range(n - d)]
+        rng.shuffle(colors)
+    else:
+        colors = [rng.choice(palette) for _ in range(n)]
     img, drawn = shapes.draw_scene(
         rng, kinds, colors, jitter=jitter, min_frac=min_frac, max_frac=max(min_frac, shapes.MAX_FRAC)
     )
@@ -411,7 +422,7 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
         else:
             img, qa, drawn = scene_questions(
                 rng, cfg["jitter"], min_frac, cfg["p_single"], cfg["p_count_single"], p_few_colors=cfg["p_few_colors"],
-                few_count_only=cfg["few_colors_count_only"] > 0,
+                few_count_only=cfg["few_colors_count_only"] > 0, p_balanced_colors=cfg["p_balanced_colors"],
             )
             split = rng.random() < cfg["split_frac"]
         first = len(imgs)
