@@ -359,10 +359,12 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     color_of = np.array([0] + [1 + shapes.COLOR_NAMES.index(d["color"]) for d in drawn])
     idx = idx.copy()
     centre = np.zeros((gy, gx), dtype=np.int64)
+    inside = []  # the shapes whose centre lies in the crop (as n_centres)
     for i, d in enumerate(drawn):
         bx, by, bs = d["box"]
         cx, cy = bx + bs / 2, by + bs / 2
         if x0 <= cx < x1 and y0 <= cy < y1:
+            inside.append(i)
             px = int((cx - x0) * w / (x1 - x0)) // patch
             py = int((cy - y0) * h / (y1 - y0)) // patch
             if centre_label:  # a centre in the last, partial patch row or column (dropped by the encoder): the last whole one
@@ -383,17 +385,14 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     # each shape centre inside the crop split bilinearly over the (up to) 4 patch centres around it, clamped into the
     # grid the encoder keeps: the density sums to the count exactly, with no border between patches to guess
     dens = np.zeros((gy, gx), dtype=np.float32)
-    for i in range(len(drawn)):
-        cx, cy = cxs[i + 1], cys[i + 1]
-        if not (0 <= cx < w * 1.0 and 0 <= cy < h * 1.0) or not n_centres([drawn[i]], crop):
-            continue
-        u, v = cx / patch - 0.5, cy / patch - 0.5
+    for i in inside:
+        u, v = cxs[i + 1] / patch - 0.5, cys[i + 1] / patch - 0.5
         i0, j0 = math.floor(u), math.floor(v)
         fu, fv = u - i0, v - j0
         for di, wu in ((0, 1 - fu), (1, fu)):
             for dj, wv in ((0, 1 - fv), (1, fv)):
                 dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
-    count = np.full((gy, gx), n_centres(drawn, crop), dtype=np.int64)
+    count = np.full((gy, gx), len(inside), dtype=np.int64)
     return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre, count], -1)), torch.from_numpy(off), torch.from_numpy(dens)
 
 
@@ -516,24 +515,21 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         on = ~torch.isnan(off[:, 0])
         o0 = n_kind + n_col + 2
         loss = loss + OFFSET_WEIGHT[0] * F.smooth_l1_loss(logits[:, o0 : o0 + 2][on], off[on], beta=0.25)
-    n_extra = n_kind + n_col + 2 + (2 if OFFSET_WEIGHT[0] > 0 else 0)
+    real = tgt[:, 0] >= 0
+    pc0 = n_kind + n_col + 2 + (2 if OFFSET_WEIGHT[0] > 0 else 0)  # the optional outputs follow: count, then density
     if PATCH_COUNT[0] > 0:  # the count of the patch's image, on every real patch
-        loss = loss + PATCH_COUNT[0] * F.cross_entropy(logits[:, n_extra : n_extra + 5], tgt[:, 3])
-        n_extra += 5
-    if DENSITY[0] > 0:
-        real = tgt[:, 0] >= 0
+        loss = loss + PATCH_COUNT[0] * F.cross_entropy(logits[:, pc0 : pc0 + 5], tgt[:, 3])
+    if DENSITY[0] > 0:  # the last output (see the per-image sums above)
         dens = torch.cat(aux_dens).to(DEV)
         # per patch (x 10: the targets are small) and per image sum
         loss = loss + DENSITY[0] * (
-            10 * F.smooth_l1_loss(logits[:, n_extra][real], dens[real], beta=0.1) + torch.cat(dens_sum_err).mean()
+            10 * F.smooth_l1_loss(logits[:, -1][real], dens[real], beta=0.1) + torch.cat(dens_sum_err).mean()
         )
     with torch.no_grad():
-        real = tgt[:, 0] >= 0
         shape_px = real & (tgt[:, 0] > 0)
         acc = (logits[:, :n_kind].argmax(-1) == tgt[:, 0])[shape_px].float().mean().item()
         if PATCH_COUNT[0] > 0:
-            n_pc = n_kind + n_col + 2 + (2 if OFFSET_WEIGHT[0] > 0 else 0)
-            EXTRA_METRICS["patch_count"] = (logits[:, n_pc : n_pc + 5].argmax(-1) == tgt[:, 3])[real].float().mean().item()
+            EXTRA_METRICS["patch_count"] = (logits[:, pc0 : pc0 + 5].argmax(-1) == tgt[:, 3])[real].float().mean().item()
         if DENSITY[0] > 0:  # images whose rounded density sum is their count
             EXTRA_METRICS["density_count"] = (torch.cat(dens_sum_err) < 0.125).float().mean().item()
     return feats, loss, acc
