@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Asks transformers (the reference) the questions of a dump of the Rust accuracy test and compares.
 
-    SHAPES_ACCURACY_DUMP=/tmp/dump cargo test --release -p idefics2 --test shapes_accuracy
+    SHAPES_ACCURACY_DUMP=/tmp/dump cargo test --release --workspace --test shapes_accuracy
     /opt/refenv/bin/python scripts/train-tiny-shapes/ask-dumped.py /tmp/dump/cpu [MODEL_DIR]
 
 Prints, per question kind and splitting mode, how many answers are right for the Rust pipeline and

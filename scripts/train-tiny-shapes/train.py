@@ -152,6 +152,7 @@ TRAIN = dict(
     few_colors_count_only=0,  # those scenes are asked only the count question
     p_balanced_colors=0.0,  # multi-shape scenes whose number of distinct colours is uniform in 1..n (see scene_questions)
     few_colors_from=0,  # first step with few-colour scenes (earlier, they hold the colour-of-kind question on its plateau)
+    balanced_colors_from=0,  # first step with balanced-colour scenes (the steps before draw exactly the default run's data)
     pos_init=1.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
@@ -825,7 +826,7 @@ def lr_at(step, cfg):
     return cfg["lr"] * (cfg["min_lr_frac"] + (1 - cfg["min_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg, log_every=25, max_seconds=None):
+def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, resume=None):
     torch.manual_seed(cfg["seed"])
     rng = random.Random(cfg["seed"])
     model = Idefics2ForConditionalGeneration(build_config())
@@ -867,8 +868,31 @@ def train(cfg, log_every=25, max_seconds=None):
     )
     enc = Encoder(centre_label=cfg["centre_label"] > 0)
     t0 = time.time()
+    first = 0
+    if resume is not None:
+        # Dev: go on from a snapshot of another run (same recipe up to its step: runs that differ only later share
+        # their first steps). Every state the loop reads is restored, so the result equals the uninterrupted run's.
+        st = torch.load(resume, weights_only=False)
+        changed = {k: (st["cfg"].get(k), v) for k, v in cfg.items() if st["cfg"].get(k) != v}
+        print(f"resumed at step {st['step']} from {resume}; config keys that differ (snapshot, now): {changed}", flush=True)
+        model.load_state_dict(st["model"])
+        for k, h in heads.items():
+            h.load_state_dict(st["heads"][k])
+        opt.load_state_dict(st["opt"])
+        rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["np_rng"])
+        first = st["step"]
     run_loss, run_ok, t_data = 0.0, {}, 0.0
-    for step in range(cfg["steps"]):
+    for step in range(first, cfg["steps"]):
+        if snapshot is not None and step == snapshot_at and step % log_every == 0:
+            torch.save(
+                {"step": step, "cfg": cfg, "model": model.state_dict(), "heads": {k: h.state_dict() for k, h in heads.items()},
+                 "opt": opt.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                 "np_rng": np.random.get_state()},
+                snapshot,
+            )
+            print(f"snapshot of step {step}: {snapshot}", flush=True)
         if max_seconds is not None and time.time() - t0 > max_seconds:
             print(f"stopped at step {step}: time limit", flush=True)
             break
@@ -879,6 +903,8 @@ def train(cfg, log_every=25, max_seconds=None):
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
         step_cfg = cfg if step >= cfg["few_colors_from"] else dict(cfg, p_few_colors=0.0)
+        if step < cfg["balanced_colors_from"]:
+            step_cfg = dict(step_cfg, p_balanced_colors=0.0)
         seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
@@ -895,7 +921,7 @@ def train(cfg, log_every=25, max_seconds=None):
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
-                f"eta {el / (step + 1) * (cfg['steps'] - step - 1):.0f}s",
+                f"eta {el / (step + 1 - first) * (cfg['steps'] - step - 1):.0f}s",
                 flush=True,
             )
             run_loss, run_ok = 0.0, {}
@@ -914,6 +940,9 @@ def main():
     ap.add_argument("--failures", action="store_true", help="print every wrong answer with the image size and shapes")
     ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3")
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
+    ap.add_argument("--snapshot", default=None, help="dev: save the whole training state to this file at --snapshot-at")
+    ap.add_argument("--snapshot-at", type=int, default=None, help="dev: the step (a multiple of 25) to snapshot")
+    ap.add_argument("--resume", default=None, help="dev: go on from a --snapshot file")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
     args = ap.parse_args()
     torch.set_num_threads(TRAIN["threads"])  # again below, after --set threads=N
@@ -944,7 +973,10 @@ def main():
         cfg[k] = type(cfg[k])(float(v)) if isinstance(cfg[k], (int, float)) else v
     torch.set_num_threads(cfg["threads"])
     print("train config:", json.dumps(cfg), flush=True)
-    model, train_s = train(cfg, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    model, train_s = train(
+        cfg, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        snapshot=args.snapshot, snapshot_at=args.snapshot_at, resume=args.resume,
+    )
     print(f"training time: {train_s:.0f} s ({train_s / 60:.1f} min)", flush=True)
 
     save_checkpoint(model, args.out)
