@@ -155,6 +155,9 @@ TRAIN = dict(
     balanced_colors_from=0,  # first step with balanced-colour scenes (the steps before draw exactly the default run's data)
     pos_init=1.0,  # > 0: vision position embeddings start as 2D sin-cos of the 16x16 bucket grid, this amplitude
     cok_weight=1.0,  # loss weight of the colour-of-kind answers against the other answers' 1
+    count_weight=1.0,  # loss weight of the count answers against the other answers' 1
+    ema_decay=0.0,  # > 0: the saved weights are an exponential moving average of the trained ones, from ema_from
+    ema_from=0,
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
     kind_slots=1.0,  # > 0 (with the scene loss): image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle
     count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (no gain by step 3200, README)
@@ -589,7 +592,10 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
                 rows.append(b)
                 cols.append(n_prompt - 1 + k)
                 tgt.append(t)
-                weights.append(cfg["cok_weight"] if cfg and qkind == "color_of_kind" else 1.0)
+                weights.append(
+                    cfg["cok_weight"] if cfg and qkind == "color_of_kind"
+                    else cfg["count_weight"] if cfg and qkind == "count" else 1.0
+                )
                 word = k == len(targets) - 2 if len(targets) == 3 else k == 0  # the word, not "▁" or the end
                 first.append(word)
                 if word:
@@ -599,7 +605,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
         hs.append(out.last_hidden_state[torch.tensor(rows, device=DEV), torch.tensor(cols, device=DEV)])
     logits = model.lm_head(torch.cat(hs, 0)).float()
     tgt = torch.tensor(tgt, device=DEV)
-    if cfg and cfg["cok_weight"] != 1.0:
+    if cfg and (cfg["cok_weight"] != 1.0 or cfg["count_weight"] != 1.0):
         w = torch.tensor(weights, device=DEV)
         loss = (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
     else:  # the plain mean, bit for bit as the shipped checkpoint was trained
@@ -884,6 +890,7 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
         np.random.set_state(st["np_rng"])
         first = st["step"]
     run_loss, run_ok, t_data = 0.0, {}, 0.0
+    ema = None
     for step in range(first, cfg["steps"]):
         if snapshot is not None and step == snapshot_at and step % log_every == 0:
             torch.save(
@@ -912,6 +919,12 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         opt.step()
+        if cfg["ema_decay"] > 0 and step >= cfg["ema_from"]:
+            with torch.no_grad():
+                if ema is None:
+                    ema = [p.detach().clone() for p in model.parameters()]
+                else:
+                    torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - cfg["ema_decay"])
         run_loss += loss.item()
         for k, v in word_ok.items():
             run_ok.setdefault(k, []).extend(v)
@@ -925,6 +938,10 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
                 flush=True,
             )
             run_loss, run_ok = 0.0, {}
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), ema):
+                p.copy_(e)
     model.to("cpu")
     return model, time.time() - t0
 
