@@ -892,7 +892,8 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
     run_loss, run_ok, t_data = 0.0, {}, 0.0
     ema = None
     for step in range(first, cfg["steps"]):
-        if snapshot is not None and step == snapshot_at and step % log_every == 0:
+        if snapshot is not None and step == snapshot_at:
+            assert ema is None, "the snapshot does not hold the weight average: take it before ema_from"
             torch.save(
                 {"step": step, "cfg": cfg, "model": model.state_dict(), "heads": {k: h.state_dict() for k, h in heads.items()},
                  "opt": opt.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
@@ -962,6 +963,8 @@ def main():
     ap.add_argument("--resume", default=None, help="dev: go on from a --snapshot file")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
     args = ap.parse_args()
+    if args.snapshot is not None and (args.snapshot_at is None or args.snapshot_at % 25 != 0):
+        ap.error("--snapshot needs --snapshot-at, a multiple of 25 (the log interval, so a resumed run logs alike)")
     torch.set_num_threads(TRAIN["threads"])  # again below, after --set threads=N
 
     data = eval_set(EVAL["seed"], args.eval_n, args.eval_geometric)
