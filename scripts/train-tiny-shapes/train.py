@@ -170,6 +170,9 @@ CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
 DENSITY = [0.0]  # set from TRAIN["centre_density"] in train()
+LOG_EVERY = 25  # training steps per log line (and the steps a snapshot may be taken at)
+# Scene draws that start late: their probability key, and the key of the first step that uses it.
+LATE_SCENES = {"p_few_colors": "few_colors_from", "p_balanced_colors": "balanced_colors_from"}
 EXTRA_METRICS = {}  # training accuracies of the optional patch heads, logged with the others
 
 
@@ -548,6 +551,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
     Sequences are right-padded (positions stay 0..n-1, as in unpadded generation) in two groups of similar
     length (prompts with 1 or 5 images) so that little padding is computed."""
     heads = heads or {}
+    answer_weight = {"color_of_kind": cfg["cok_weight"], "count": cfg["count_weight"]} if cfg else {}
     feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"))
     feats = feats.view(len(imgs), N_LATENTS, -1)
     scene_loss = None
@@ -592,10 +596,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
                 rows.append(b)
                 cols.append(n_prompt - 1 + k)
                 tgt.append(t)
-                weights.append(
-                    cfg["cok_weight"] if cfg and qkind == "color_of_kind"
-                    else cfg["count_weight"] if cfg and qkind == "count" else 1.0
-                )
+                weights.append(answer_weight.get(qkind, 1.0))
                 word = k == len(targets) - 2 if len(targets) == 3 else k == 0  # the word, not "▁" or the end
                 first.append(word)
                 if word:
@@ -605,7 +606,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
         hs.append(out.last_hidden_state[torch.tensor(rows, device=DEV), torch.tensor(cols, device=DEV)])
     logits = model.lm_head(torch.cat(hs, 0)).float()
     tgt = torch.tensor(tgt, device=DEV)
-    if cfg and (cfg["cok_weight"] != 1.0 or cfg["count_weight"] != 1.0):
+    if any(v != 1.0 for v in answer_weight.values()):
         w = torch.tensor(weights, device=DEV)
         loss = (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
     else:  # the plain mean, bit for bit as the shipped checkpoint was trained
@@ -832,7 +833,7 @@ def lr_at(step, cfg):
     return cfg["lr"] * (cfg["min_lr_frac"] + (1 - cfg["min_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, resume=None):
+def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at=None, resume=None):
     torch.manual_seed(cfg["seed"])
     rng = random.Random(cfg["seed"])
     model = Idefics2ForConditionalGeneration(build_config())
@@ -893,7 +894,6 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
     ema = None
     for step in range(first, cfg["steps"]):
         if snapshot is not None and step == snapshot_at:
-            assert ema is None, "the snapshot does not hold the weight average: take it before ema_from"
             torch.save(
                 {"step": step, "cfg": cfg, "model": model.state_dict(), "heads": {k: h.state_dict() for k, h in heads.items()},
                  "opt": opt.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
@@ -910,9 +910,7 @@ def train(cfg, log_every=25, max_seconds=None, snapshot=None, snapshot_at=None, 
         phase1 = step < cfg["phase1_steps"]
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
-        step_cfg = cfg if step >= cfg["few_colors_from"] else dict(cfg, p_few_colors=0.0)
-        if step < cfg["balanced_colors_from"]:
-            step_cfg = dict(step_cfg, p_balanced_colors=0.0)
+        step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
         seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
@@ -963,8 +961,8 @@ def main():
     ap.add_argument("--resume", default=None, help="dev: go on from a --snapshot file")
     ap.add_argument("--set", action="append", default=[], help="dev: override a TRAIN key, e.g. --set lr=1e-3")
     args = ap.parse_args()
-    if args.snapshot is not None and (args.snapshot_at is None or args.snapshot_at % 25 != 0):
-        ap.error("--snapshot needs --snapshot-at, a multiple of 25 (the log interval, so a resumed run logs alike)")
+    if args.snapshot is not None and (args.snapshot_at is None or args.snapshot_at % LOG_EVERY != 0):
+        ap.error(f"--snapshot needs --snapshot-at, a multiple of {LOG_EVERY} (the log interval, so a resumed run logs alike)")
     torch.set_num_threads(TRAIN["threads"])  # again below, after --set threads=N
 
     data = eval_set(EVAL["seed"], args.eval_n, args.eval_geometric)
@@ -991,6 +989,8 @@ def main():
         k, v = kv.split("=", 1)
         assert k in cfg, k
         cfg[k] = type(cfg[k])(float(v)) if isinstance(cfg[k], (int, float)) else v
+    if args.snapshot is not None and cfg["ema_decay"] > 0 and args.snapshot_at > cfg["ema_from"]:
+        ap.error("--snapshot-at after ema_from: the snapshot does not hold the weight average")
     torch.set_num_threads(cfg["threads"])
     print("train config:", json.dumps(cfg), flush=True)
     model, train_s = train(
