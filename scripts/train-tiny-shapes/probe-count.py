@@ -2,13 +2,16 @@
 """Count probes on a frozen checkpoint: do the vision encoder's per-patch outputs, or the connector's image
 tokens, hold the number of shapes in a form a small readout trained on them can take? (Splitting off.)
 
-    /opt/refenv/bin/python scripts/train-tiny-shapes/probe-count.py MODEL_DIR [N_TRAIN N_TEST [JITTER]]
+    /opt/refenv/bin/python scripts/train-tiny-shapes/probe-count.py MODEL [--train N] [--test N] [--jitter J]
 
-Draws N_TRAIN count scenes (1-4 shapes, colour jitter JITTER, default 20) and N_TEST fresh ones (exact
+MODEL: a checkpoint directory, or a `train.py --snapshot` file (the weights of its step; then the
+snapshot's per-patch training head is also asked to count: the number of patches it flags as holding a
+shape's centre). Draws --train count scenes (1-4 shapes, colour jitter J) and --test fresh ones (exact
 colours), takes the frozen model's features, trains four readouts (Adam, 400 epochs) and prints their
 accuracy on both sets with the test errors split as the training evaluation splits them.
 """
 
+import argparse
 import os
 import random
 import sys
@@ -22,16 +25,31 @@ sys.path.insert(0, HERE)
 import shapes  # noqa: E402
 import train  # noqa: E402
 
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("model")
+ap.add_argument("--train", type=int, default=4000)
+ap.add_argument("--test", type=int, default=1000)
+ap.add_argument("--jitter", type=int, default=20)
+args = ap.parse_args()
+n_train, n_test, jitter = args.train, args.test, args.jitter
 torch.set_num_threads(2)
 torch.manual_seed(0)
-if len(sys.argv) < 2:
-    sys.exit(__doc__)
-model_dir = sys.argv[1]
-n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 4000
-n_test = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
-jitter = int(sys.argv[4]) if len(sys.argv) > 4 else 20
-model, procs = train.load_checkpoint(model_dir)
-ip = procs[False].image_processor
+centre_head = None
+if os.path.isdir(args.model):
+    model, procs = train.load_checkpoint(args.model)
+    ip = procs[False].image_processor
+else:  # a training snapshot: the shipped architecture (train.py's, without --arch) and its patch head
+    from transformers import Idefics2ForConditionalGeneration
+
+    st = torch.load(args.model, weights_only=False)
+    model = Idefics2ForConditionalGeneration(train.build_config())
+    model.load_state_dict(st["model"])
+    model.eval()
+    ip = train.make_processor(False).image_processor
+    w = st["heads"]["patch"]
+    centre_head = torch.nn.Linear(w["weight"].shape[1], w["weight"].shape[0])
+    centre_head.load_state_dict(w)
+    print(f"snapshot of step {st['step']}", flush=True)
 
 def scene(rng, jitter):
     n = rng.randint(1, 4)
@@ -119,3 +137,14 @@ n_tok = Ctr.shape[1]
 net4 = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_tok * D, 128), torch.nn.GELU(), torch.nn.Linear(128, 4))
 fit("connector tokens, MLP classifier", net4, lambda H, M, C: net4(C),
     lambda o, y: F.cross_entropy(o, y - 1), lambda o: o.argmax(-1) + 1)
+
+if centre_head is not None:
+    # the head's outputs: kind (background + kinds), colour (background + colours), centre (no / yes), ...
+    c0 = 2 + len(shapes.KINDS) + len(shapes.COLOR_NAMES)
+    with torch.no_grad():
+        logit = centre_head(Hte)[..., c0 : c0 + 2]
+    margin = logit[..., 1] - logit[..., 0]
+    for t in (0.0, 1.0, 2.0, 3.0):
+        n_flags = ((margin > t).float() * Mte).sum(1).long()
+        print(f"patch head, centre flags summed (logit margin > {t}): test {(n_flags == yte).float().mean().item():.3f} "
+              f"(under {(n_flags < yte).sum().item()}, over {(n_flags > yte).sum().item()})", flush=True)
