@@ -51,20 +51,11 @@ else:  # a training snapshot: the shipped architecture (train.py's, without --ar
     centre_head.load_state_dict(w)
     print(f"snapshot of step {st['step']}", flush=True)
 
-def scene(rng, jitter):
-    n = rng.randint(1, 4)
-    kinds = [rng.choice(shapes.KINDS) for _ in range(n)]
-    colors = [rng.choice(shapes.COLOR_NAMES) for _ in kinds]
-    img, drawn = shapes.draw_scene(rng, kinds, colors, jitter=jitter)
-    return img, n, len(set(colors))
-
 @torch.no_grad()
 def feats(img):
     b = ip(images=[[img]], return_tensors="pt")
     pv, pm = b["pixel_values"][0], b["pixel_attention_mask"][0]
-    ps = 14
-    sub = pm.unfold(1, ps, ps).unfold(2, ps, ps)
-    mask = (sub.sum(dim=(-1, -2)) == ps * ps).bool()
+    mask = train.real_patches(pm, model.config.vision_config.patch_size)
     h = model.model.vision_model(pixel_values=pv, patch_attention_mask=mask).last_hidden_state
     c = model.model.connector(h, attention_mask=mask.view(1, -1))
     return h[0][mask.view(-1)], c[0]
@@ -73,9 +64,9 @@ def dataset(seed, n, jitter):
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        img, cnt, ncol = scene(rng, jitter)
-        h, c = feats(img)
-        out.append((h, c, cnt, ncol))
+        ex = shapes.sample_example(rng, qkind="count", jitter=jitter)
+        h, c = feats(ex["image"])
+        out.append((h, c, len(ex["shapes"]), len({d["color"] for d in ex["shapes"]})))
     return out
 
 t0 = time.time()
@@ -97,7 +88,7 @@ Hte, Mte, Cte, yte, colte = pad(te)
 
 def fit(name, net, fwd, loss_fn, pred, epochs=400):
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for e in range(epochs):
+    for _ in range(epochs):
         for i in range(0, len(ytr), 500):
             s = slice(i, i + 500)
             loss = loss_fn(fwd(Htr[s], Mtr[s], Ctr[s]), ytr[s])

@@ -450,6 +450,13 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
     return seqs, imgs, scenes
 
 
+def real_patches(pixel_mask, ps):
+    """[n, h, w] pixel mask -> [n, h // ps, w // ps] patch mask, as Idefics2Model.get_image_features (no padding
+    images here): a patch is real only if all its pixels are."""
+    sub = pixel_mask.unfold(1, ps, ps).unfold(2, ps, ps)
+    return (sub.sum(dim=(-1, -2)) == ps * ps).bool()
+
+
 def image_features(model, imgs, aux_head=None, max_pad=1.25):
     """Vision encoder + connector over a flat list of images, in order -> (features, aux loss, aux accuracy).
 
@@ -490,9 +497,7 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
             otgt[k, : off.shape[0], : off.shape[1]] = off
             dtgt[k, : dens.shape[0], : dens.shape[1]] = dens
         pv, pm = pv.to(DEV), pm.to(DEV)
-        # as Idefics2Model.get_image_features (no padding images here)
-        sub = pm.unfold(1, ps, ps).unfold(2, ps, ps)
-        patch_mask = (sub.sum(dim=(-1, -2)) == ps * ps).bool()
+        patch_mask = real_patches(pm, ps)
         hidden = model.model.vision_model(pixel_values=pv, patch_attention_mask=patch_mask).last_hidden_state
         f = model.model.connector(hidden, attention_mask=patch_mask.view(len(g), -1))
         for k, j in enumerate(g):
