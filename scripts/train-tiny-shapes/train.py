@@ -74,6 +74,7 @@ CHAT_TEMPLATE = (
 N_LATENTS = 16  # perceiver latents = image tokens per image (image_seq_len)
 LONGEST_EDGE = 224  # = vision image_size: the 16x16 position grid covers the largest image natively
 SHORTEST_EDGE = 56  # a multiple of 14: thin images are stretched to whole patches
+PROCESSOR = dict(shortest_edge=SHORTEST_EDGE)  # what --arch processor.KEY=V may change
 
 VISION = dict(
     hidden_size=128,
@@ -199,7 +200,7 @@ def make_generation_config():
 def make_processor(split):
     tok = AutoTokenizer.from_pretrained(TOKENIZER_SRC)
     ip = Idefics2ImageProcessor(
-        do_image_splitting=split, size={"longest_edge": LONGEST_EDGE, "shortest_edge": SHORTEST_EDGE}
+        do_image_splitting=split, size={"longest_edge": LONGEST_EDGE, "shortest_edge": PROCESSOR["shortest_edge"]}
     )
     return Idefics2Processor(ip, tok, image_seq_len=N_LATENTS, chat_template=CHAT_TEMPLATE)
 
@@ -959,7 +960,7 @@ def main():
     ap.add_argument("--no-samples", action="store_true")
     ap.add_argument("--eval-geometric", action="store_true", help="evaluate on pictures rasterized by pixel centres")
     ap.add_argument("--failures", action="store_true", help="print every wrong answer with the image size and shapes")
-    ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3")
+    ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3 or processor.shortest_edge=112")
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
     ap.add_argument("--snapshot", default=None, help="dev: save the whole training state to this file at --snapshot-at")
     ap.add_argument("--snapshot-at", type=int, default=None, help="dev: the step (a multiple of 25) to snapshot")
@@ -982,7 +983,7 @@ def main():
     for kv in args.arch:
         k, v = kv.split("=", 1)
         part, key = k.split(".", 1)
-        table = {"vision": VISION, "perceiver": PERCEIVER, "text": TEXT}[part]
+        table = {"vision": VISION, "perceiver": PERCEIVER, "text": TEXT, "processor": PROCESSOR}[part]
         assert key in table, k
         table[key] = type(table[key])(v)
     # The processor's image_seq_len, the scene head and the image-token reshape follow the
