@@ -7,7 +7,7 @@ tokens, hold the number of shapes in a form a small readout trained on them can 
 MODEL: a checkpoint directory, or a `train.py --snapshot` file (the weights of its step; then the
 snapshot's per-patch training head is also asked to count: the number of patches it flags as holding a
 shape's centre). Draws --train count scenes (1-4 shapes, colour jitter J) and --test fresh ones (exact
-colours), takes the frozen model's features, trains four readouts (Adam, 400 epochs) and prints their
+colours), takes the frozen model's features, trains five readouts (Adam, 400 epochs; one also taught per patch its share of the shapes) and prints their
 accuracy on both sets with the test errors split as the training evaluation splits them.
 """
 
@@ -58,15 +58,32 @@ def feats(img):
     mask = train.real_patches(pm, model.config.vision_config.patch_size)
     h = model.model.vision_model(pixel_values=pv, patch_attention_mask=mask).last_hidden_state
     c = model.model.connector(h, attention_mask=mask.view(1, -1))
-    return h[0][mask.view(-1)], c[0]
+    return h[0][mask.view(-1)], c[0], mask.shape[1:], pv.shape[-2:]
+
+
+def share_targets(img, drawn, grid, hw):
+    """Per real patch (row-major): the fraction of each shape's pixels that falls in the patch, summed over the
+    shapes (0 on the background): the targets of an image sum to its number of shapes, less the parts of
+    shapes in the partial last patch row or column that the encoder drops."""
+    (gy, gx), (h, w) = grid, hw
+    W, H = img.size
+    labels = torch.from_numpy(train.label_map(img.size, drawn).astype("int64"))
+    py = (torch.arange(H) * h // H // 14)[:, None].expand(H, W)
+    px = (torch.arange(W) * w // W // 14)[None, :].expand(H, W)
+    keep = (labels > 0) & (py < gy) & (px < gx)
+    lab = labels[keep]
+    area = torch.bincount(labels[labels > 0], minlength=len(drawn) + 1).float()
+    return torch.bincount((py * gx + px)[keep], weights=1.0 / area[lab], minlength=gy * gx).float()
+
 
 def dataset(seed, n, jitter):
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         ex = shapes.sample_example(rng, qkind="count", jitter=jitter)
-        h, c = feats(ex["image"])
-        out.append((h, c, len(ex["shapes"]), len({d["color"] for d in ex["shapes"]})))
+        h, c, grid, hw = feats(ex["image"])
+        share = share_targets(ex["image"], ex["shapes"], grid, hw)
+        out.append((h, c, len(ex["shapes"]), len({d["color"] for d in ex["shapes"]}), share))
     return out
 
 t0 = time.time()
@@ -78,20 +95,28 @@ def pad(ds):
     L = max(d[0].shape[0] for d in ds)
     H = torch.zeros(len(ds), L, ds[0][0].shape[1])
     M = torch.zeros(len(ds), L)
+    S = torch.zeros(len(ds), L)
     for i, d in enumerate(ds):
         H[i, : d[0].shape[0]] = d[0]
         M[i, : d[0].shape[0]] = 1
-    return H, M, torch.stack([d[1] for d in ds]), torch.tensor([d[2] for d in ds]), torch.tensor([d[3] for d in ds])
+        S[i, : d[0].shape[0]] = d[4]
+    return H, M, torch.stack([d[1] for d in ds]), torch.tensor([d[2] for d in ds]), torch.tensor([d[3] for d in ds]), S
 
-Htr, Mtr, Ctr, ytr, _ = pad(tr)
-Hte, Mte, Cte, yte, colte = pad(te)
+Htr, Mtr, Ctr, ytr, _, Str = pad(tr)
+Hte, Mte, Cte, yte, colte, Ste = pad(te)
+print(f"share targets sum to the count on train {((Str.sum(1).round() == ytr).float().mean().item()):.3f}, "
+      f"test {((Ste.sum(1).round() == yte).float().mean().item()):.3f} (shapes partly in a dropped partial patch row or column fall short)", flush=True)
 
-def fit(name, net, fwd, loss_fn, pred, epochs=400):
+def fit(name, net, fwd, loss_fn, pred, epochs=400, dense=None):
+    """dense: (per-patch function, weight): also a per-patch loss against the share targets."""
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(epochs):
         for i in range(0, len(ytr), 500):
             s = slice(i, i + 500)
             loss = loss_fn(fwd(Htr[s], Mtr[s], Ctr[s]), ytr[s])
+            if dense is not None:
+                per_patch, weight = dense
+                loss = loss + weight * (((per_patch(Htr[s]) - Str[s]) ** 2) * Mtr[s]).sum() / Mtr[s].sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -117,6 +142,12 @@ mlp = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.GELU(), torch.nn.Line
 torch.nn.init.constant_(mlp[2].bias, -6.0)
 fit("encoder, sum of MLP", mlp, lambda H, M, C: (F.softplus(mlp(H)).squeeze(-1) * M).sum(1),
     lambda o, y: F.mse_loss(o, y.float()), lambda o: o.round().clamp(1, 4).long())
+# 2b. the same MLP also taught per patch its share of the shapes (share_targets)
+mlp_s = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+torch.nn.init.constant_(mlp_s[2].bias, -6.0)
+fit("encoder, sum of MLP taught per-patch shares", mlp_s, lambda H, M, C: (F.softplus(mlp_s(H)).squeeze(-1) * M).sum(1),
+    lambda o, y: F.mse_loss(o, y.float()), lambda o: o.round().clamp(1, 4).long(),
+    dense=(lambda H: F.softplus(mlp_s(H)).squeeze(-1), 100.0))
 # 3. mean of a per-patch MLP embedding -> classifier (what one softmax-uniform latent can see)
 m1 = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.GELU())
 m2 = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 4))
