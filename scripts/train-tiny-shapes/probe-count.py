@@ -7,8 +7,8 @@ tokens, hold the number of shapes in a form a small readout trained on them can 
 MODEL: a checkpoint directory, or a `train.py --snapshot` file (the weights of its step; then the
 snapshot's per-patch training head is also asked to count: the number of patches it flags as holding a
 shape's centre). Draws --train count scenes (1-4 shapes, colour jitter J) and --test fresh ones (exact
-colours), takes the frozen model's features, trains five readouts (Adam, 400 epochs; one also taught per patch its share of the shapes) and prints their
-accuracy on both sets with the test errors split as the training evaluation splits them.
+colours), takes the frozen model's features, trains five readouts (Adam, 400 epochs; one also taught per
+patch its share of the shapes) and prints their accuracy on both sets with the test errors split as the training evaluation splits them.
 """
 
 import argparse
@@ -58,18 +58,19 @@ def feats(img):
     mask = train.real_patches(pm, model.config.vision_config.patch_size)
     h = model.model.vision_model(pixel_values=pv, patch_attention_mask=mask).last_hidden_state
     c = model.model.connector(h, attention_mask=mask.view(1, -1))
-    return h[0][mask.view(-1)], c[0], mask.shape[1:], pv.shape[-2:]
+    return h[0][mask.view(-1)], c[0], pv.shape[-2:]
 
 
-def share_targets(img, drawn, grid, hw):
-    """Per real patch (row-major): the fraction of each shape's pixels that falls in the patch, summed over the
-    shapes (0 on the background): the targets of an image sum to its number of shapes, less the parts of
-    shapes in the partial last patch row or column that the encoder drops."""
-    (gy, gx), (h, w) = grid, hw
-    W, H = img.size
+def share_targets(img, drawn, hw):
+    """Per real patch (row-major) of the processed image of size hw: the fraction of each shape's pixels that
+    falls in the patch, summed over the shapes (0 on the background): the targets of an image sum to its number
+    of shapes, less the parts of shapes in the partial last patch row or column that the encoder drops."""
+    ps = model.config.vision_config.patch_size
+    (h, w), (W, H) = hw, img.size
+    gy, gx = h // ps, w // ps  # the whole patches, as train.real_patches keeps them
     labels = torch.from_numpy(train.label_map(img.size, drawn).astype("int64"))
-    py = (torch.arange(H) * h // H // 14)[:, None].expand(H, W)
-    px = (torch.arange(W) * w // W // 14)[None, :].expand(H, W)
+    py = (torch.arange(H) * h // H // ps)[:, None].expand(H, W)
+    px = (torch.arange(W) * w // W // ps)[None, :].expand(H, W)
     keep = (labels > 0) & (py < gy) & (px < gx)
     lab = labels[keep]
     area = torch.bincount(labels[labels > 0], minlength=len(drawn) + 1).float()
@@ -81,8 +82,8 @@ def dataset(seed, n, jitter):
     out = []
     for _ in range(n):
         ex = shapes.sample_example(rng, qkind="count", jitter=jitter)
-        h, c, grid, hw = feats(ex["image"])
-        share = share_targets(ex["image"], ex["shapes"], grid, hw)
+        h, c, hw = feats(ex["image"])
+        share = share_targets(ex["image"], ex["shapes"], hw)
         out.append((h, c, len(ex["shapes"]), len({d["color"] for d in ex["shapes"]}), share))
     return out
 
@@ -145,9 +146,10 @@ fit("encoder, sum of MLP", mlp, lambda H, M, C: (F.softplus(mlp(H)).squeeze(-1) 
 # 2b. the same MLP also taught per patch its share of the shapes (share_targets)
 mlp_s = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
 torch.nn.init.constant_(mlp_s[2].bias, -6.0)
-fit("encoder, sum of MLP taught per-patch shares", mlp_s, lambda H, M, C: (F.softplus(mlp_s(H)).squeeze(-1) * M).sum(1),
-    lambda o, y: F.mse_loss(o, y.float()), lambda o: o.round().clamp(1, 4).long(),
-    dense=(lambda H: F.softplus(mlp_s(H)).squeeze(-1), 100.0))
+def share_of(H):
+    return F.softplus(mlp_s(H)).squeeze(-1)
+fit("encoder, sum of MLP taught per-patch shares", mlp_s, lambda H, M, C: (share_of(H) * M).sum(1),
+    lambda o, y: F.mse_loss(o, y.float()), lambda o: o.round().clamp(1, 4).long(), dense=(share_of, 100.0))
 # 3. mean of a per-patch MLP embedding -> classifier (what one softmax-uniform latent can see)
 m1 = torch.nn.Sequential(torch.nn.Linear(D, 64), torch.nn.GELU())
 m2 = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 4))

@@ -74,8 +74,8 @@ CHAT_TEMPLATE = (
 
 N_LATENTS = 16  # perceiver latents = image tokens per image (image_seq_len)
 LONGEST_EDGE = 224  # = vision image_size: the 16x16 position grid covers the largest image natively
-SHORTEST_EDGE = 56  # a multiple of 14: thin images are stretched to whole patches
-PROCESSOR = dict(shortest_edge=SHORTEST_EDGE)  # what --arch processor.KEY=V may change
+# What --arch processor.KEY=V may change. shortest_edge: a multiple of 14, thin images are stretched to whole patches.
+PROCESSOR = dict(shortest_edge=56)
 
 VISION = dict(
     hidden_size=128,
@@ -930,8 +930,6 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         opt.step()
-        if LIBC is not None and (step + 1) % LOG_EVERY == 0:
-            LIBC.malloc_trim(0)
         if cfg["ema_decay"] > 0 and step >= cfg["ema_from"]:
             with torch.no_grad():
                 if ema is None:
@@ -951,6 +949,8 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
                 flush=True,
             )
             run_loss, run_ok = 0.0, {}
+            if LIBC is not None:
+                LIBC.malloc_trim(0)
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(model.parameters(), ema):
