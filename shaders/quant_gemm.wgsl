@@ -4,13 +4,12 @@
 //
 // Bindings (group 0, in launch order; cubecl appends the metadata uniform last):
 //   0 x        storage, read_write  array<f32>  [m, k_in] row-major
-//   1 words    storage, read_write  array<u32>  [words_per_row, n_pad] packed codes (transposed;
-//              n_pad = n_out rounded up to 4)
-//   2 scales   storage, read_write  [groups_per_row, n_pad] (transposed): f32, or f16 read as
-//              array<u32> pairs (scale_binding, load_scale)
+//   1 words    storage, read_write  array<u32>  packed codes transposed in blocks of 128 columns:
+//              [n_pad / 128][words_per_row][128]; n_pad = n_out rounded up to 128
+//   2 scales   storage, read_write  [n_pad / 128][groups_per_row][128], as the words: f32, or f16
+//              read as array<u32> pairs (scale_binding, load_scale)
 //   3 out      storage, read_write  array<f32>  [m, n_out]
-//   4 zeros    storage, read_write  [groups_per_row, n_pad], as the scales (formats with a zero
-//              point)
+//   4 zeros    storage, read_write  as the scales (formats with a zero point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
@@ -37,6 +36,7 @@ struct Params {
     n_pad: u32,
 }
 
+const BLOCK_COLS: u32 = 128u;
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 32u;
@@ -116,8 +116,10 @@ fn main(
             let n = n0 + col;
             let w = k0 / VALUES_PER_WORD + tile_word;
             if (n < n_out && w < params.words_per_row) {
-                let word = words[w * params.n_pad + n];
-                let at = (w / GROUP_WORDS) * params.n_pad + n;
+                let block = (n / BLOCK_COLS) * BLOCK_COLS;
+                let within = n % BLOCK_COLS;
+                let word = words[(block * params.words_per_row) + w * BLOCK_COLS + within];
+                let at = block * params.groups_per_row + (w / GROUP_WORDS) * BLOCK_COLS + within;
                 let scale = load_scale(at);
                 let zero = zero_point(at);
                 for (var i = 0u; i < VALUES_PER_WORD; i++) {

@@ -3,20 +3,22 @@
 //
 // Bindings (group 0, in launch order; cubecl appends the metadata uniform last):
 //   0 x        storage, read_write  array<f32> or array<vec4<f32>> (x_vec4)  [rows, k_in]
-//   1 words    storage, read_write  array<vec4<u32>>  [words_per_row, n_pad] packed codes,
-//              transposed: column n holds output row n's words; n_pad = n_out rounded up to 4
-//   2 scales   storage, read_write  [groups_per_row, n_pad] (transposed): array<vec4<f32>>, or
+//   1 words    storage, read_write  array<vec4<u32>>  packed codes transposed in blocks of 128
+//              columns: [n_pad / 128][words_per_row][128] (column n % 128 of block n / 128 holds
+//              output row n's words); n_pad = n_out rounded up to 128
+//   2 scales   storage, read_write  [n_pad / 128][groups_per_row][128], as the words:
+//              array<vec4<f32>>, or
 //              f16 (where the adapter has shader-f16) read as array<vec2<u32>> pairs and unpacked
 //              with unpack2x16float, which needs no f16 extension (load_scales)
 //   3 out      storage, read_write  array<f32>        [splits, rows, n_out] partial sums
-//   4 zeros    storage, read_write  [groups_per_row, n_pad], as the scales (formats with a zero
-//              point)
+//   4 zeros    storage, read_write  as the scales (formats with a zero point)
 //   4 or 5     uniform              Params (see below)
 // Inputs are declared read_write although only read: cubecl's memory pool packs many tensors into
 // one wgpu buffer, and wgpu forbids read-only and read-write use of one buffer in a dispatch.
 //
 // Template parameters: scale_binding, zero_point_binding and load_scales (the declarations of scales
-// and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size, bits, group_words
+// and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size,
+// block_quads (column quads per block of the words and scales), bits, group_words
 // (words per group), quads_per_thread (QPT), x_binding and x_quad_body (x read as vec4s when k_in
 // is a multiple of 4, else as floats), zero_point_binding (the zeros declaration or nothing), and
 // the code generated for the numbers of rows and quads: rows (per thread), row_indices (the
@@ -29,7 +31,8 @@
 // of 4 adjacent output columns, for all rows, and reads each quad as one vec4 per packed word.
 // GPUs take QPT = 1, so neighbouring threads read neighbouring 16-byte words (coalesced); CPU
 // implementations, which load buffers lane by lane, take QPT = 4, so each x value a thread loads
-// serves 16 columns instead of 4. It walks its slice of K (groups_per_split groups) keeping the
+// serves 16 columns instead of 4. A block of 32 quads is what 32 GPU threads or 8 CPU lanes read
+// per word: each block is one contiguous stream down K. It walks its slice of K (groups_per_split groups) keeping the
 // sums in registers;
 // per group it takes the dot products of the integer codes with x, then applies the scale and the
 // zero point once:  sum_k x_k (q_k - zero) scale = scale (sum_k x_k q_k - zero sum_k x_k).
@@ -56,6 +59,7 @@ const BITS: u32 = {{bits}}u;
 const VALUES_PER_WORD: u32 = 32u / BITS;
 const GROUP_WORDS: u32 = {{group_words}}u;
 const QPT: u32 = {{quads_per_thread}}u;
+const BLOCK_QUADS: u32 = {{block_quads}}u;
 
 {{x_binding}}
 @group(0) @binding(1) var<storage, read_write> words: array<vec4<u32>>;

@@ -2,7 +2,8 @@
 //! adapter, with the copy kernel's bandwidth as the yardstick:
 //! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
 //! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread,
-//! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters.
+//! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters; `SPEED_RUNS=N`
+//! times N runs instead of 5, `SPEED_VERBOSE=1` prints them all (sorted).
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
 //! the output, over the time.
@@ -92,7 +93,7 @@ fn main() {
     }
 }
 
-/// Median of 5 timed runs after 2 warm-ups, in milliseconds, reading one value back each time.
+/// Median of 5 timed runs (`SPEED_RUNS`) after 2 warm-ups, in milliseconds, reading one value back each time.
 fn time(device: &Device, f: impl Fn() -> Tensor<2>) -> f64 {
     let run = || {
         let start = Instant::now();
@@ -107,7 +108,15 @@ fn time(device: &Device, f: impl Fn() -> Tensor<2>) -> f64 {
     };
     let _ = (run(), run());
     device.sync().expect("sync");
-    let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
+    let runs = std::env::var("SPEED_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut times: Vec<f64> = (0..runs).map(|_| run()).collect();
     times.sort_by(f64::total_cmp);
-    times[2]
+    if std::env::var("SPEED_VERBOSE").is_ok() {
+        eprintln!("  times (ms): {times:.2?}");
+    }
+    times[runs / 2]
 }

@@ -4,17 +4,22 @@
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::format::QuantFormat;
-use crate::weight::QuantizedWeight;
+use crate::weight::{BLOCK_COLS, QuantizedWeight, padded_n_out};
 
 /// The f32 weight `[n_out, k_in]` that `w` stands for.
 pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
-    // The device tensors are transposed and padded ([words_per_row, n_pad], [groups, n_pad]):
-    // back to rows.
+    // The device tensors are transposed in blocks of 128 columns and padded ([n_pad / 128 *
+    // words_per_row, 128], the same with groups): back to [words_per_row, n_pad], then to rows.
     let n_out = w.n_out;
-    let [words_per_row, _n_pad] = w.words.dims();
+    let n_pad = padded_n_out(n_out);
+    let blocks = n_pad / BLOCK_COLS;
+    let words_per_row = w.format.words_per_row(w.k_in);
     let words = w
         .words
         .clone()
+        .reshape([blocks, words_per_row, BLOCK_COLS])
+        .swap_dims(0, 1)
+        .reshape([words_per_row, n_pad])
         .slice([0..words_per_row, 0..n_out])
         .transpose(); // [n_out, words_per_row]
     let (bits, per_word, group) = (
@@ -23,10 +28,13 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
         w.format.group(),
     );
     let groups = w.format.groups_per_row(w.k_in);
-    // [groups, n_pad] (f16 or f32) -> [n_out, groups, 1] f32
+    // [n_pad / 128 * groups, 128] (f16 or f32) -> [n_out, groups, 1] f32
     let per_group = |t: &Tensor<2>| {
         t.clone()
             .cast(DType::F32)
+            .reshape([blocks, groups, BLOCK_COLS])
+            .swap_dims(0, 1)
+            .reshape([groups, n_pad])
             .slice([0..groups, 0..n_out])
             .transpose()
             .reshape([n_out, groups, 1])

@@ -16,14 +16,15 @@ use crate::caps::is_cpu_adapter;
 use crate::forced::Forced;
 use crate::format::QuantFormat;
 use crate::info_words::pack_words;
-use crate::weight::padded_n_out;
+use crate::weight::{BLOCK_COLS, padded_n_out};
 
 /// Largest workgroup count along one grid dimension (WebGPU's default limit).
 const MAX_GRID_DIM: usize = 65_535;
 
 /// `x [m, k_in] (f32) @ dequantize(w)^T -> [m, n_out] (f32)`, w given in the device layout of
-/// [`crate::QuantizedWeight`]: packed words `[words_per_row, n_pad]` (u32 bit patterns in a 32-bit
-/// int tensor), scales `[groups_per_row, n_pad]` and, for Q4, zero points `[groups_per_row, n_pad]`.
+/// [`crate::QuantizedWeight`]: packed words `[n_pad / 128 * words_per_row, 128]` (u32 bit patterns
+/// in a 32-bit int tensor), scales `[n_pad / 128 * groups_per_row, 128]` and, for Q4, zero points
+/// as the scales.
 #[backend_extension(Cube, Fusion)]
 pub trait QuantMatmulBackend: Backend {
     #[fusion(dtype = DType::F32, shape = Shape::new([x[0], *n_out]))]
@@ -112,10 +113,11 @@ fn launch(
     let n_pad = padded_n_out(n_out);
     assert_eq!(x.meta.shape().as_slice(), [m, k_in], "x must be [m, k_in]");
     assert_eq!(x.dtype, DType::F32, "x must be f32");
+    let blocks = n_pad / BLOCK_COLS;
     assert_eq!(
         words.meta.shape().as_slice(),
-        [words_per_row, n_pad],
-        "{format:?} words (transposed, padded)"
+        [blocks * words_per_row, BLOCK_COLS],
+        "{format:?} words (transposed in column blocks, padded)"
     );
     assert_eq!(words.dtype.size(), 4, "words must be a 32-bit int tensor");
     let scale_f16 = scales.dtype == DType::F16;
@@ -124,8 +126,8 @@ fn launch(
     {
         assert_eq!(
             tensor.meta.shape().as_slice(),
-            [groups, n_pad],
-            "{format:?} {name} (transposed, padded)"
+            [blocks * groups, BLOCK_COLS],
+            "{format:?} {name} (transposed in column blocks, padded)"
         );
         assert!(
             tensor.dtype == scales.dtype && matches!(tensor.dtype, DType::F32 | DType::F16),

@@ -4,6 +4,7 @@ use burn::backend::wgpu::{KernelSource, SourceTemplate};
 use burn::cubecl::prelude::KernelId;
 
 use crate::format::QuantFormat;
+use crate::weight::BLOCK_COLS;
 
 /// Output columns one GEMV thread computes (adjacent ones, read as one vec4 per packed word).
 pub(crate) const GEMV_COLS: usize = 4;
@@ -52,6 +53,7 @@ impl KernelSource for QuantGemv {
         let code = GemvCode::new(self.format, self.rows, self.quads_per_thread);
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemv.wgsl"))
             .register("workgroup_size", GEMV_WORKGROUP.to_string())
+            .register("block_quads", (BLOCK_COLS / GEMV_COLS).to_string())
             .register("quads_per_thread", self.quads_per_thread.to_string())
             .register("rows", self.rows.to_string())
             .register("row_indices", code.row_indices())
@@ -127,12 +129,15 @@ impl GemvCode {
     }
 
     /// The thread's quads: `qd{u}` (may lie past the last quad: nothing is stored then) and
-    /// `q{u}` (clamped, for loads).
+    /// `q{u}` (clamped, for loads), with where the quad's words and scales start in the column
+    /// blocks (`wb{u}`, `sb{u}`, in vec4 units; the next word or group is `BLOCK_QUADS` on).
     fn quad_indices(&self) -> String {
         (0..self.quads)
             .map(|u| {
                 format!(
-                    "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);"
+                    "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);\n    \
+                     let wb{u} = (q{u} / BLOCK_QUADS) * params.words_per_row * BLOCK_QUADS + q{u} % BLOCK_QUADS;\n    \
+                     let sb{u} = (q{u} / BLOCK_QUADS) * params.groups_per_row * BLOCK_QUADS + q{u} % BLOCK_QUADS;"
                 )
             })
             .collect::<Vec<_>>()
@@ -165,7 +170,9 @@ impl GemvCode {
         let load = if guarded { "x_quad_guarded" } else { "x_quad" };
         let mut out = Vec::new();
         for u in 0..self.quads {
-            out.push(format!("{indent}let word{u} = words[w * quads + q{u}];"));
+            out.push(format!(
+                "{indent}let word{u} = words[wb{u} + w * BLOCK_QUADS];"
+            ));
         }
         for r in 0..self.rows {
             for j in 0..x_quads {
@@ -235,11 +242,11 @@ impl GemvCode {
         let mut out = Vec::new();
         for u in 0..self.quads {
             out.push(format!(
-                "{indent}let scale{u} = load_scales(g * quads + q{u});"
+                "{indent}let scale{u} = load_scales(sb{u} + g * BLOCK_QUADS);"
             ));
             if self.zero_point {
                 out.push(format!(
-                    "{indent}let zero{u} = load_zeros(g * quads + q{u});"
+                    "{indent}let zero{u} = load_zeros(sb{u} + g * BLOCK_QUADS);"
                 ));
             }
         }
