@@ -165,13 +165,16 @@ TRAIN = dict(
     count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (no gain by step 3200, README)
     patch_count=0.0,  # > 0: every real patch also predicts the number of shape centres in its image (0..4), this loss weight
     centre_density=0.0,  # > 0: every patch regresses its share of the shape centres (bilinear, sums to the count; see patch_targets)
+    patch_share=0.0,  # > 0: instead, its share of the shapes' pixels (each shape's pixels sum to 1; see patch_targets), this weight
+    share_from=0,  # first step of the patch_share loss (its output row stays zero before; a snapshot without it can resume)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
 CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
-DENSITY = [0.0]  # set from TRAIN["centre_density"] in train()
+DENSITY = [0.0]  # set from TRAIN["centre_density"] (or "patch_share" from "share_from") in train()
+SHARE = [False]  # the density target is the pixel share (patch_share) instead of the centre share
 LOG_EVERY = 25  # training steps per log line (and the steps a snapshot may be taken at)
 # glibc's heap fragments under the ever-changing tensor sizes (images of every size): in one run (session 12,
 # processor.shortest_edge=112) the steps slowed from 1.4 s to 5 s between steps 2850 and 3250 with 40% of the time
@@ -406,6 +409,16 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
         for di, wu in ((0, 1 - fu), (1, fu)):
             for dj, wv in ((0, 1 - fv), (1, fv)):
                 dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
+    if SHARE[0]:
+        # each shape's pixels spread over the patches they fall in, 1 / (its area in the original) each: a patch inside a
+        # shape learns the inverse of the shape's size, and the shares sum to the count on a whole image (the part
+        # inside the crop of a cut shape on a crop); the last, partial patch row and column go to the last whole ones
+        sub = labels[y0:y1, x0:x1]
+        py_, px_ = np.nonzero(sub)
+        area = np.bincount(labels.ravel(), minlength=len(drawn) + 1).astype(np.float64)
+        pr = np.minimum(((py_ + 0.5) * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
+        pc = np.minimum(((px_ + 0.5) * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
+        dens = np.bincount(pr * gx + pc, weights=1.0 / area[sub[py_, px_]], minlength=gy * gx).reshape(gy, gx).astype(np.float32)
     count = np.full((gy, gx), len(inside), dtype=np.int64)
     return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre, count], -1)), torch.from_numpy(off), torch.from_numpy(dens)
 
@@ -838,6 +851,29 @@ def sincos_2d(side, dim):
     return torch.cat([rows, cols], -1).reshape(side * side, 4 * n).float()
 
 
+def pad_rows(t, rows):
+    """t with zero rows appended up to `rows` rows."""
+    return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+
+
+def grown_head(head, extra):
+    """A copy of the Linear `head` with `extra` more outputs that start at zero (no random numbers drawn: the other
+    outputs start as they would without them)."""
+    out = torch.nn.utils.skip_init(torch.nn.Linear, head.in_features, head.out_features + extra)
+    with torch.no_grad():
+        out.weight.copy_(pad_rows(head.weight, out.out_features))
+        out.bias.copy_(pad_rows(head.bias, out.out_features))
+    return out
+
+
+def load_grown(head, saved):
+    """Loads a head's saved state; a saved head with fewer outputs (a snapshot from before a grown_head knob) fills
+    the first rows, the others stay as they are (zero)."""
+    with torch.no_grad():
+        for name, t in head.state_dict(keep_vars=True).items():
+            t[: saved[name].shape[0]].copy_(saved[name])
+
+
 def lr_at(step, cfg):
     if step < cfg["warmup"]:
         return cfg["lr"] * (step + 1) / cfg["warmup"]
@@ -862,6 +898,10 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             with torch.no_grad():
                 heads["patch"].weight[-1].zero_()
                 heads["patch"].bias[-1].zero_()
+        if cfg["patch_share"] > 0:
+            assert cfg["centre_density"] == 0, "patch_share replaces centre_density"
+            SHARE[0] = True
+            heads["patch"] = grown_head(heads["patch"], 1)
     if cfg["scene_aux_weight"] > 0:
         heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
     if cfg["kind_slots"] > 0:
@@ -896,8 +936,12 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         print(f"resumed at step {st['step']} from {resume}; config keys that differ (snapshot, now): {changed}", flush=True)
         model.load_state_dict(st["model"])
         for k, h in heads.items():
-            h.load_state_dict(st["heads"][k])
+            load_grown(h, st["heads"][k])
         opt.load_state_dict(st["opt"])
+        for p, state in opt.state.items():  # the rows a grown head adds start with no optimizer history
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].shape != p.shape:
+                    state[key] = pad_rows(state[key], p.shape[0])
         rng.setstate(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         np.random.set_state(st["np_rng"])
@@ -923,6 +967,8 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
         step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
+        if cfg["patch_share"] > 0:
+            DENSITY[0] = cfg["patch_share"] if step >= cfg["share_from"] else 0.0
         seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
