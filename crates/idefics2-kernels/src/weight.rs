@@ -45,9 +45,9 @@ impl QuantizedWeight {
 }
 
 /// Uploads `packed` to `device`, transposing its tensors in column blocks on the way (see
-/// [`QuantizedWeight`]). On
-/// a wgpu device every tensor must fit one storage binding; scales and zero points go up as f16
-/// where the device has `shader-f16` (half the bytes the kernels read beside the codes).
+/// [`QuantizedWeight`]). On a wgpu device every tensor must fit one storage binding; scales and
+/// zero points go up as f16 where the device has `shader-f16` (half the bytes the kernels read
+/// beside the codes).
 pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
     let (n_out, k_in, format) = (packed.n_out, packed.k_in, packed.format);
     let groups = packed.groups_per_row();
