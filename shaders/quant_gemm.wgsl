@@ -116,10 +116,11 @@ fn main(
             let n = n0 + col;
             let w = k0 / VALUES_PER_WORD + tile_word;
             if (n < n_out && w < params.words_per_row) {
-                let block = (n / BLOCK_COLS) * BLOCK_COLS;
+                // column n's block starts at its first column times the rows of a block
+                let block_start = (n / BLOCK_COLS) * BLOCK_COLS;
                 let within = n % BLOCK_COLS;
-                let word = words[(block * params.words_per_row) + w * BLOCK_COLS + within];
-                let at = block * params.groups_per_row + (w / GROUP_WORDS) * BLOCK_COLS + within;
+                let word = words[block_start * params.words_per_row + w * BLOCK_COLS + within];
+                let at = block_start * params.groups_per_row + (w / GROUP_WORDS) * BLOCK_COLS + within;
                 let scale = load_scale(at);
                 let zero = zero_point(at);
                 for (var i = 0u; i < VALUES_PER_WORD; i++) {

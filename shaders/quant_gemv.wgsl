@@ -7,9 +7,9 @@
 //              columns: [n_pad / 128][words_per_row][128] (column n % 128 of block n / 128 holds
 //              output row n's words); n_pad = n_out rounded up to 128
 //   2 scales   storage, read_write  [n_pad / 128][groups_per_row][128], as the words:
-//              array<vec4<f32>>, or
-//              f16 (where the adapter has shader-f16) read as array<vec2<u32>> pairs and unpacked
-//              with unpack2x16float, which needs no f16 extension (load_scales)
+//              array<vec4<f32>>, or f16 (where the adapter has shader-f16) read as
+//              array<vec2<u32>> pairs and unpacked with unpack2x16float, which needs no f16
+//              extension (load_scales)
 //   3 out      storage, read_write  array<f32>        [splits, rows, n_out] partial sums
 //   4 zeros    storage, read_write  as the scales (formats with a zero point)
 //   4 or 5     uniform              Params (see below)
@@ -32,8 +32,8 @@
 // GPUs take QPT = 1, so neighbouring threads read neighbouring 16-byte words (coalesced); CPU
 // implementations, which load buffers lane by lane, take QPT = 4, so each x value a thread loads
 // serves 16 columns instead of 4. A block of 32 quads is what 32 GPU threads or 8 CPU lanes read
-// per word: each block is one contiguous stream down K. It walks its slice of K (groups_per_split groups) keeping the
-// sums in registers;
+// per word: each block is one contiguous stream down K. A thread walks its slice of K
+// (groups_per_split groups) keeping the sums in registers;
 // per group it takes the dot products of the integer codes with x, then applies the scale and the
 // zero point once:  sum_k x_k (q_k - zero) scale = scale (sum_k x_k q_k - zero sum_k x_k).
 // Unsigned codes skip the shift (codes_in_place): x is pre-scaled by 2^(-BITS i) instead, once per

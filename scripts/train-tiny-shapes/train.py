@@ -399,16 +399,6 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     pcx = (np.arange(gx) * patch + patch / 2)[None, :]
     pcy = (np.arange(gy) * patch + patch / 2)[:, None]
     off = np.stack([(cxs[idx] - pcx) / (4 * patch), (cys[idx] - pcy) / (4 * patch)], -1).astype(np.float32)
-    # each shape centre inside the crop split bilinearly over the (up to) 4 patch centres around it, clamped into the
-    # grid the encoder keeps: the density sums to the count exactly, with no border between patches to guess
-    dens = np.zeros((gy, gx), dtype=np.float32)
-    for i in inside:
-        u, v = cxs[i + 1] / patch - 0.5, cys[i + 1] / patch - 0.5
-        i0, j0 = math.floor(u), math.floor(v)
-        fu, fv = u - i0, v - j0
-        for di, wu in ((0, 1 - fu), (1, fu)):
-            for dj, wv in ((0, 1 - fv), (1, fv)):
-                dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
     if SHARE[0]:
         # each shape's pixels spread over the patches they fall in, 1 / (its area in the original) each: a patch inside a
         # shape learns the inverse of the shape's size, and the shares sum to the count on a whole image (the part
@@ -419,6 +409,17 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
         pr = np.minimum(((py_ + 0.5) * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
         pc = np.minimum(((px_ + 0.5) * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
         dens = np.bincount(pr * gx + pc, weights=1.0 / area[sub[py_, px_]], minlength=gy * gx).reshape(gy, gx).astype(np.float32)
+    else:
+        # each shape centre inside the crop split bilinearly over the (up to) 4 patch centres around it, clamped into the
+        # grid the encoder keeps: the density sums to the count exactly, with no border between patches to guess
+        dens = np.zeros((gy, gx), dtype=np.float32)
+        for i in inside:
+            u, v = cxs[i + 1] / patch - 0.5, cys[i + 1] / patch - 0.5
+            i0, j0 = math.floor(u), math.floor(v)
+            fu, fv = u - i0, v - j0
+            for di, wu in ((0, 1 - fu), (1, fu)):
+                for dj, wv in ((0, 1 - fv), (1, fv)):
+                    dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
     count = np.full((gy, gx), len(inside), dtype=np.int64)
     return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre, count], -1)), torch.from_numpy(off), torch.from_numpy(dens)
 
