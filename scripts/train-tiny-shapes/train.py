@@ -167,14 +167,16 @@ TRAIN = dict(
     centre_density=0.0,  # > 0: every patch regresses its share of the shape centres (bilinear, sums to the count; see patch_targets)
     patch_share=0.0,  # > 0: instead, its share of the shapes' pixels (each shape's pixels sum to 1; see patch_targets), this weight
     share_from=0,  # first step of the patch_share loss (its output row stays zero before; a snapshot without it can resume)
+    patch_turn=0.0,  # > 0: instead, the turning of the shapes' outlines inside it (each outline turns once; see patch_targets)
+    turn_from=0,  # first step of the patch_turn loss (as share_from)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
 CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
-DENSITY = [0.0]  # set from TRAIN["centre_density"] (or "patch_share" from "share_from") in train()
-SHARE = [False]  # the density target is the pixel share (patch_share) instead of the centre share
+DENSITY = [0.0]  # set from TRAIN["centre_density"] (or "patch_share" from "share_from", "patch_turn" from "turn_from") in train()
+DENSITY_KIND = ["centre"]  # the density target: "centre" share, pixel "share" (patch_share) or outline "turn" (patch_turn)
 LOG_EVERY = 25  # training steps per log line (and the steps a snapshot may be taken at)
 # glibc's heap fragments under the ever-changing tensor sizes (images of every size): in one run (session 12,
 # processor.shortest_edge=112) the steps slowed from 1.4 s to 5 s between steps 2850 and 3250 with 40% of the time
@@ -399,7 +401,20 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     pcx = (np.arange(gx) * patch + patch / 2)[None, :]
     pcy = (np.arange(gy) * patch + patch / 2)[:, None]
     off = np.stack([(cxs[idx] - pcx) / (4 * patch), (cys[idx] - pcy) / (4 * patch)], -1).astype(np.float32)
-    if SHARE[0]:
+    if DENSITY_KIND[0] == "turn":
+        # how far each shape's outline turns inside the patch, in whole turns: a convex outline turns exactly once, at
+        # the corners of a square or a triangle (its exterior angles) and evenly along a circle. Unlike the centre or
+        # the pixel share, this is local (a corner or a bend is visible in the patch that holds it; no patch has to
+        # know how large its shape is or where it ends), and it sums to the count on a whole image
+        dens = np.zeros((gy, gx), dtype=np.float64)
+        for d in drawn:
+            px_, py_, wt = outline_turns(d)
+            keep = (px_ >= x0) & (px_ < x1) & (py_ >= y0) & (py_ < y1)
+            pr = np.minimum(((py_[keep] - y0) * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
+            pc = np.minimum(((px_[keep] - x0) * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
+            dens += np.bincount(pr * gx + pc, weights=wt[keep], minlength=gy * gx).reshape(gy, gx)
+        dens = dens.astype(np.float32)
+    elif DENSITY_KIND[0] == "share":
         # each shape's pixels spread over the patches they fall in, 1 / (its area in the original) each: a patch inside a
         # shape learns the inverse of the shape's size, and the shares sum to the count on a whole image (the part
         # inside the crop of a cut shape on a crop); the last, partial patch row and column go to the last whole ones
@@ -422,6 +437,33 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
                     dens[min(max(j0 + dj, 0), gy - 1), min(max(i0 + di, 0), gx - 1)] += wu * wv
     count = np.full((gy, gx), len(inside), dtype=np.int64)
     return torch.from_numpy(np.stack([kind_of[idx], color_of[idx], centre, count], -1)), torch.from_numpy(off), torch.from_numpy(dens)
+
+
+# exterior angles of the apex-up triangle of shapes.py (base s, height s), in turns: apex, then each base corner
+TRIANGLE_APEX_TURN = (math.pi - 2 * math.atan(0.5)) / (2 * math.pi)
+TRIANGLE_BASE_TURN = (1 - TRIANGLE_APEX_TURN) / 2
+CIRCLE_TURN_POINTS = 256
+
+
+def outline_turns(d):
+    """Where the outline of one drawn shape turns, as points (x, y) in the original image's pixel coordinates, just
+    inside the shape, and how much (in turns, summing to 1): 4 corners of a quarter turn for a square, 3 corners for a
+    triangle, CIRCLE_TURN_POINTS even steps around a circle."""
+    x, y, s = d["box"]
+    if d["kind"] == "square":
+        px = np.array([x + 0.5, x + s - 0.5, x + 0.5, x + s - 0.5])
+        py = np.array([y + 0.5, y + 0.5, y + s - 0.5, y + s - 0.5])
+        wt = np.full(4, 0.25)
+    elif d["kind"] == "triangle":
+        px = np.array([x + s / 2, x + 0.5, x + s - 0.5])
+        py = np.array([y + 0.5, y + s - 0.5, y + s - 0.5])
+        wt = np.array([TRIANGLE_APEX_TURN, TRIANGLE_BASE_TURN, TRIANGLE_BASE_TURN])
+    else:
+        a = (np.arange(CIRCLE_TURN_POINTS) + 0.5) * 2 * math.pi / CIRCLE_TURN_POINTS
+        r = max(s / 2 - 0.5, 0.0)
+        px, py = x + s / 2 + r * np.cos(a), y + s / 2 + r * np.sin(a)
+        wt = np.full(CIRCLE_TURN_POINTS, 1.0 / CIRCLE_TURN_POINTS)
+    return px, py, wt
 
 
 def n_centres(drawn, crop):
@@ -899,10 +941,11 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             with torch.no_grad():
                 heads["patch"].weight[-1].zero_()
                 heads["patch"].bias[-1].zero_()
-        if cfg["patch_share"] > 0:
-            assert cfg["centre_density"] == 0, "patch_share replaces centre_density"
-            SHARE[0] = True
-            heads["patch"] = grown_head(heads["patch"], 1)
+        for knob, kind in (("patch_share", "share"), ("patch_turn", "turn")):
+            if cfg[knob] > 0:
+                assert cfg["centre_density"] == 0 and DENSITY_KIND[0] == "centre", f"{knob} replaces centre_density"
+                DENSITY_KIND[0] = kind
+                heads["patch"] = grown_head(heads["patch"], 1)
     if cfg["scene_aux_weight"] > 0:
         heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
     if cfg["kind_slots"] > 0:
@@ -970,6 +1013,8 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
         if cfg["patch_share"] > 0:
             DENSITY[0] = cfg["patch_share"] if step >= cfg["share_from"] else 0.0
+        if cfg["patch_turn"] > 0:
+            DENSITY[0] = cfg["patch_turn"] if step >= cfg["turn_from"] else 0.0
         seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
