@@ -177,6 +177,9 @@ OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
 DENSITY = [0.0]  # set from TRAIN["centre_density"] (or "patch_share" from "share_from", "patch_turn" from "turn_from") in train()
 DENSITY_KIND = ["centre"]  # the density target: "centre" share, pixel "share" (patch_share) or outline "turn" (patch_turn)
+# The density targets that replace the centre's, each on a row grown onto the patch head: (weight key, first-step key,
+# DENSITY_KIND)
+GROWN_DENSITIES = (("patch_share", "share_from", "share"), ("patch_turn", "turn_from", "turn"))
 LOG_EVERY = 25  # training steps per log line (and the steps a snapshot may be taken at)
 # glibc's heap fragments under the ever-changing tensor sizes (images of every size): in one run (session 12,
 # processor.shortest_edge=112) the steps slowed from 1.4 s to 5 s between steps 2850 and 3250 with 40% of the time
@@ -401,29 +404,30 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
     pcx = (np.arange(gx) * patch + patch / 2)[None, :]
     pcy = (np.arange(gy) * patch + patch / 2)[:, None]
     off = np.stack([(cxs[idx] - pcx) / (4 * patch), (cys[idx] - pcy) / (4 * patch)], -1).astype(np.float32)
+
+    def spread(px, py, weights):
+        """weights at points (px, py) (pixels of the crop, in the original) summed per patch: the last, partial patch
+        row and column go to the last whole ones."""
+        pr = np.minimum((py * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
+        pc = np.minimum((px * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
+        return np.bincount(pr * gx + pc, weights=weights, minlength=gy * gx).reshape(gy, gx).astype(np.float32)
+
     if DENSITY_KIND[0] == "turn":
         # how far each shape's outline turns inside the patch, in whole turns: a convex outline turns exactly once, at
         # the corners of a square or a triangle (its exterior angles) and evenly along a circle. Unlike the centre or
         # the pixel share, this is local (a corner or a bend is visible in the patch that holds it; no patch has to
         # know how large its shape is or where it ends), and it sums to the count on a whole image
-        dens = np.zeros((gy, gx), dtype=np.float64)
-        for d in drawn:
-            px_, py_, wt = outline_turns(d)
-            keep = (px_ >= x0) & (px_ < x1) & (py_ >= y0) & (py_ < y1)
-            pr = np.minimum(((py_[keep] - y0) * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
-            pc = np.minimum(((px_[keep] - x0) * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
-            dens += np.bincount(pr * gx + pc, weights=wt[keep], minlength=gy * gx).reshape(gy, gx)
-        dens = dens.astype(np.float32)
+        px_, py_, wt = (np.concatenate(a) for a in zip(*(outline_turns(d) for d in drawn)))
+        keep = (px_ >= x0) & (px_ < x1) & (py_ >= y0) & (py_ < y1)
+        dens = spread(px_[keep] - x0, py_[keep] - y0, wt[keep])
     elif DENSITY_KIND[0] == "share":
         # each shape's pixels spread over the patches they fall in, 1 / (its area in the original) each: a patch inside a
         # shape learns the inverse of the shape's size, and the shares sum to the count on a whole image (the part
-        # inside the crop of a cut shape on a crop); the last, partial patch row and column go to the last whole ones
+        # inside the crop of a cut shape on a crop)
         sub = labels[y0:y1, x0:x1]
         py_, px_ = np.nonzero(sub)
         area = np.bincount(labels.ravel(), minlength=len(drawn) + 1).astype(np.float64)
-        pr = np.minimum(((py_ + 0.5) * h / (y1 - y0)).astype(np.int64) // patch, gy - 1)
-        pc = np.minimum(((px_ + 0.5) * w / (x1 - x0)).astype(np.int64) // patch, gx - 1)
-        dens = np.bincount(pr * gx + pc, weights=1.0 / area[sub[py_, px_]], minlength=gy * gx).reshape(gy, gx).astype(np.float32)
+        dens = spread(px_ + 0.5, py_ + 0.5, 1.0 / area[sub[py_, px_]])
     else:
         # each shape centre inside the crop split bilinearly over the (up to) 4 patch centres around it, clamped into the
         # grid the encoder keeps: the density sums to the count exactly, with no border between patches to guess
@@ -941,7 +945,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             with torch.no_grad():
                 heads["patch"].weight[-1].zero_()
                 heads["patch"].bias[-1].zero_()
-        for knob, kind in (("patch_share", "share"), ("patch_turn", "turn")):
+        for knob, _, kind in GROWN_DENSITIES:
             if cfg[knob] > 0:
                 assert cfg["centre_density"] == 0 and DENSITY_KIND[0] == "centre", f"{knob} replaces centre_density"
                 DENSITY_KIND[0] = kind
@@ -1011,10 +1015,9 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
         step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
-        if cfg["patch_share"] > 0:
-            DENSITY[0] = cfg["patch_share"] if step >= cfg["share_from"] else 0.0
-        if cfg["patch_turn"] > 0:
-            DENSITY[0] = cfg["patch_turn"] if step >= cfg["turn_from"] else 0.0
+        for knob, start, _ in GROWN_DENSITIES:
+            if cfg[knob] > 0:
+                DENSITY[0] = cfg[knob] if step >= cfg[start] else 0.0
         seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
