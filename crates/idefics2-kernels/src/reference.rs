@@ -1,6 +1,7 @@
 //! The quantized matmul in plain burn ops: unpack the codes with integer ops, dequantize, then
 //! matmul. The CPU device runs this, and it is the oracle the WGSL kernels are tested against.
 
+use burn::tensor::kind::Basic;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::format::QuantFormat;
@@ -8,20 +9,9 @@ use crate::weight::{BLOCK_COLS, QuantizedWeight, padded_n_out};
 
 /// The f32 weight `[n_out, k_in]` that `w` stands for.
 pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
-    // The device tensors are transposed in blocks of 128 columns and padded ([n_pad / 128 *
-    // words_per_row, 128], the same with groups): back to [words_per_row, n_pad], then to rows.
     let n_out = w.n_out;
-    let n_pad = padded_n_out(n_out);
-    let blocks = n_pad / BLOCK_COLS;
     let words_per_row = w.format.words_per_row(w.k_in);
-    let words = w
-        .words
-        .clone()
-        .reshape([blocks, words_per_row, BLOCK_COLS])
-        .swap_dims(0, 1)
-        .reshape([words_per_row, n_pad])
-        .slice([0..words_per_row, 0..n_out])
-        .transpose(); // [n_out, words_per_row]
+    let words = unblock(w.words.clone(), words_per_row, n_out); // [n_out, words_per_row]
     let (bits, per_word, group) = (
         w.format.bits(),
         w.format.values_per_word(),
@@ -30,14 +20,7 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
     let groups = w.format.groups_per_row(w.k_in);
     // [n_pad / 128 * groups, 128] (f16 or f32) -> [n_out, groups, 1] f32
     let per_group = |t: &Tensor<2>| {
-        t.clone()
-            .cast(DType::F32)
-            .reshape([blocks, groups, BLOCK_COLS])
-            .swap_dims(0, 1)
-            .reshape([groups, n_pad])
-            .slice([0..groups, 0..n_out])
-            .transpose()
-            .reshape([n_out, groups, 1])
+        unblock(t.clone().cast(DType::F32), groups, n_out).reshape([n_out, groups, 1])
     };
     let mask = (1i64 << bits) - 1;
     // Value i of every word, for each i: [n_out, words_per_row] each.
@@ -64,6 +47,17 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
     values
         .reshape([n_out, groups * group]) // [n_out, k_padded]
         .slice([0..n_out, 0..w.k_in]) // [n_out, k_in]
+}
+
+/// A device tensor of a [`QuantizedWeight`] (`[n_pad / 128 * rows, 128]`: transposed in blocks of
+/// 128 columns, padded) back to one row per output column: `[n_out, rows]`.
+fn unblock<K: Basic>(t: Tensor<2, K>, rows: usize, n_out: usize) -> Tensor<2, K> {
+    let n_pad = padded_n_out(n_out);
+    t.reshape([n_pad / BLOCK_COLS, rows, BLOCK_COLS])
+        .swap_dims(0, 1)
+        .reshape([rows, n_pad])
+        .slice([0..rows, 0..n_out])
+        .transpose()
 }
 
 /// `x [m, k_in] @ dequantize(w)^T -> [m, n_out]`, in the dtype of `x`.
