@@ -277,6 +277,19 @@ fn print_kernels(
             fmt(k.gflop_per_s)
         );
     }
+    // The quantized GEMVs' effective bandwidth against the copy kernel's on the same adapter.
+    let copy = kernels.iter().find(|k| k.kernel.starts_with("copy"));
+    if let Some(copy_gb) = copy.and_then(|k| k.gb_per_s) {
+        for k in kernels.iter().filter(|k| k.kernel.contains("GEMV (WGSL)")) {
+            if let Some(gb) = k.gb_per_s {
+                println!(
+                    "{} at {:.0}% of the copy kernel's GB/s",
+                    k.kernel,
+                    100.0 * gb / copy_gb
+                );
+            }
+        }
+    }
     // Each flash attention figure is followed by burn's on the same shape.
     for pair in kernels.windows(2) {
         if pair[0].kernel.starts_with("flash attention") && pair[1].shape == pair[0].shape {

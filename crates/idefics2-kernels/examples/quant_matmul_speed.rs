@@ -2,7 +2,8 @@
 //! adapter, with the copy kernel's bandwidth as the yardstick:
 //! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
 //! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread,
-//! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters; `SPEED_RUNS=N`
+//! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters,
+//! `IDEFICS2_GEMV_PLAIN_X=1` x loaded by every GEMV lane (not shared over subgroups); `SPEED_RUNS=N`
 //! times N runs instead of 5, `SPEED_VERBOSE=1` prints them all (sorted).
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
@@ -25,6 +26,9 @@ fn main() {
     if std::env::var("IDEFICS2_TILED_GEMM").is_ok_and(|v| v == "1") {
         idefics2_kernels::force_tiled_gemm(true);
     }
+    if std::env::var("IDEFICS2_GEMV_PLAIN_X").is_ok_and(|v| v == "1") {
+        idefics2_kernels::force_gemv_plain_x(true);
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -36,7 +40,11 @@ fn main() {
     };
     let device = Device::wgpu_options().init().expect("a wgpu adapter");
     let caps = WgpuCaps::of(&device).expect("a wgpu device");
-    println!("adapter: {}", caps.adapter);
+    let x_loads = match caps.cpu_subgroup_size {
+        Some(lanes) => format!("GEMV x shared over subgroups of {lanes} lanes"),
+        None => "GEMV x loaded by every lane".to_string(),
+    };
+    println!("adapter: {} ({x_loads})", caps.adapter);
     let gb = |bytes: usize, ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
 
     let floats = 16usize << 20; // 64 MiB
@@ -57,7 +65,12 @@ fn main() {
         )
         .transpose()
     });
-    let formats = [QuantFormat::Q8_32, QuantFormat::Q4_32];
+    // `SPEED_GROUP=128`: groups of 128 values (AWQ checkpoints) instead of 32.
+    let group = std::env::var("SPEED_GROUP")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(32);
+    let formats = [QuantFormat::Q8 { group }, QuantFormat::Q4 { group }];
     let packed: Vec<_> = formats
         .iter()
         .map(|&format| quantize(&weight, n_out, k_in, format).expect("valid format"))

@@ -22,8 +22,11 @@ pub struct WgpuCaps {
     /// The device has `shader-f16` (f16 usable in shaders and buffers).
     pub shader_f16: bool,
     /// cubecl exposes subgroup operations (never on CPU adapters such as lavapipe, nor in
-    /// browsers today). The kernels here do not use them.
+    /// browsers today).
     pub subgroups: bool,
+    /// The subgroup size the quantized GEMV shares `x` over on a CPU adapter (see
+    /// [`cpu_subgroup_size`]); `None` elsewhere.
+    pub cpu_subgroup_size: Option<u32>,
 }
 
 impl WgpuCaps {
@@ -43,6 +46,11 @@ impl WgpuCaps {
             max_workgroup_invocations: props.hardware.max_units_per_cube,
             shader_f16: props.supports_type(ElemType::Float(FloatKind::F16)),
             subgroups: props.features.plane.contains(Plane::Ops),
+            cpu_subgroup_size: cpu_subgroup_size(
+                &props.identity.name,
+                props.hardware.plane_size_min,
+                props.hardware.plane_size_max,
+            ),
         })
     }
 
@@ -72,6 +80,51 @@ impl WgpuCaps {
             props.hardware.max_shared_memory_size,
         )
     }
+}
+
+/// The subgroup size the GEMV can spread `x` with on a CPU adapter (lavapipe: 8, the lanes of its
+/// 256-bit vectors): `Some` when the adapter offers wgpu's `SUBGROUP` feature with one fixed size.
+/// cubecl creates its wgpu device with every feature of the adapter (and marks subgroups usable
+/// only on GPUs, for its own kernels), so the adapter's features are the device's. cubecl's
+/// properties carry the sizes but not the feature: the adapter is looked up once per process by
+/// name and sizes on a wgpu instance of our own (only for CPU adapters with a fixed size, never
+/// in the browser).
+pub(crate) fn cpu_subgroup_size(name: &str, size_min: u32, size_max: u32) -> Option<u32> {
+    if !is_cpu_adapter(name) || size_min != size_max || size_min < 2 {
+        return None;
+    }
+    static SEEN: std::sync::Mutex<Vec<(String, u32, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, _, offers)) = seen.iter().find(|(n, s, _)| n == name && *s == size_min) {
+        return offers.then_some(size_min);
+    }
+    let offers = adapter_offers_subgroups(name, size_min);
+    seen.push((name.to_string(), size_min, offers));
+    offers.then_some(size_min)
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn adapter_offers_subgroups(name: &str, size: u32) -> bool {
+    use burn::backend::wgpu::wgpu;
+    // Not Instance::default(): that also starts the GL backend, which complains without a display.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters =
+        burn::cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    adapters.iter().any(|adapter| {
+        let info = adapter.get_info();
+        info.name == name
+            && info.subgroup_min_size == size
+            && info.subgroup_max_size == size
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+    })
+}
+
+#[cfg(target_family = "wasm")]
+fn adapter_offers_subgroups(_name: &str, _size: u32) -> bool {
+    false
 }
 
 /// Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader, WARP): a few

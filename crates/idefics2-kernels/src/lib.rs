@@ -36,8 +36,8 @@ pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{
-    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits,
-    force_tiled_gemm, quant_matmul, quant_matmul_kernel, uses_kernels,
+    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_plain_x, force_gemv_quads_per_thread,
+    force_gemv_splits, force_tiled_gemm, quant_matmul, quant_matmul_kernel, uses_kernels,
 };
 pub use quantize::{PackedWeight, f16_scale, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};

@@ -7,9 +7,9 @@ mod common;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::{Rng, relative_error};
 use idefics2_kernels::{
-    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_quads_per_thread,
-    force_gemv_splits, force_tiled_gemm, quant_matmul, quant_matmul_kernel, quant_matmul_reference,
-    quantize, upload, uses_kernels,
+    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_plain_x,
+    force_gemv_quads_per_thread, force_gemv_splits, force_tiled_gemm, quant_matmul,
+    quant_matmul_kernel, quant_matmul_reference, quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 3] = [
@@ -57,6 +57,18 @@ fn quant_matmul_kernels_match_the_reference() {
         formats_match(&gpu, &cpu, &mut rng, &[17]);
         force_tiled_gemm(false);
         force_f32_scales(false);
+    }
+
+    // lavapipe shares the GEMV's x loads over its subgroups of 8 lanes (groups of 32): the cases
+    // above ran that path. The plain loads, which GPUs and other CPU adapters run, are checked too.
+    if caps.adapter.starts_with("llvmpipe") {
+        assert_eq!(caps.cpu_subgroup_size, Some(8), "{caps:?}");
+    }
+    if caps.cpu_subgroup_size.is_some() {
+        force_gemv_plain_x(true);
+        formats_match(&gpu, &cpu, &mut rng, &[1, 8, 17]);
+        split_k_matches(&gpu, &cpu, &mut rng);
+        force_gemv_plain_x(false);
     }
 
     split_k_matches(&gpu, &cpu, &mut rng);

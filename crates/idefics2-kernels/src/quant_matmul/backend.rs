@@ -12,7 +12,7 @@ use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::tensor::{DType, Shape};
 
 use super::source::{GEMM_TILE, GEMV_COLS, GEMV_MAX_ROWS, GEMV_WORKGROUP, QuantGemm, QuantGemv};
-use crate::caps::is_cpu_adapter;
+use crate::caps::{cpu_subgroup_size, is_cpu_adapter};
 use crate::forced::Forced;
 use crate::format::QuantFormat;
 use crate::info_words::pack_words;
@@ -136,7 +136,8 @@ fn launch(
     }
 
     let client = x.client.clone();
-    let cpu = is_cpu_adapter(&client.properties().identity.name);
+    let props = client.properties();
+    let cpu = is_cpu_adapter(&props.identity.name);
     // CPU adapters pay dearly for the tiled GEMM's barriers: their prefill runs the register-
     // blocked GEMV over blocks of GEMV_MAX_ROWS rows instead (8x faster on lavapipe).
     let gemv = (1..=GEMV_MAX_ROWS).contains(&m)
@@ -171,6 +172,14 @@ fn launch(
             rows: block_rows,
             quads_per_thread,
             x_vec4: k_in.is_multiple_of(4),
+            subgroup_x: gemv_subgroup_x(
+                format,
+                cpu_subgroup_size(
+                    &props.identity.name,
+                    props.hardware.plane_size_min,
+                    props.hardware.plane_size_max,
+                ),
+            ),
         };
         let cube_dim = CubeDim::new_1d(GEMV_WORKGROUP as u32);
         let count = CubeCount::Static(grid_x as u32, splits as u32, row_blocks as u32);
@@ -258,6 +267,27 @@ fn gemv_quads_per_thread(cpu: bool) -> usize {
         None if cpu => 4,
         None => 1,
     }
+}
+
+/// Set when tests turn off the GEMV's x shared over subgroups.
+static FORCED_GEMV_PLAIN_X: Forced = Forced::new();
+
+/// Makes every GEMV lane load its own x (`true`) where the adapter would share it over subgroups,
+/// or back to the automatic rule (`false`): lets tests on lavapipe cover the x loads that other
+/// adapters take.
+#[doc(hidden)]
+pub fn force_gemv_plain_x(plain: bool) {
+    FORCED_GEMV_PLAIN_X.set(plain.then_some(1));
+}
+
+/// The subgroup size over which the GEMV shares its x loads (see `shaders/quant_gemv.wgsl`): a CPU
+/// adapter's fixed size (`cpu_subgroup_size`) when 4 values per lane make one group of the format
+/// (groups of 32 on lavapipe; groups of 128, shared 32 values at a time, gained nothing there).
+/// GPUs read x from their caches and keep the plain loads.
+fn gemv_subgroup_x(format: QuantFormat, cpu_subgroup: Option<u32>) -> Option<usize> {
+    let lanes = cpu_subgroup? as usize;
+    let fits = format.group() == 4 * lanes && GEMV_WORKGROUP.is_multiple_of(lanes);
+    (fits && FORCED_GEMV_PLAIN_X.get().is_none()).then_some(lanes)
 }
 
 /// Threads the GEMV aims for on a GPU: enough loads in flight to approach the memory bandwidth of

@@ -26,6 +26,9 @@ pub(crate) struct QuantGemv {
     pub rows: usize,
     pub quads_per_thread: usize,
     pub x_vec4: bool,
+    /// The subgroup size S when x is loaded once per subgroup, 4 values per lane (a group of the
+    /// format: 4 S values), and spread by broadcasts (CPU adapters with subgroups).
+    pub subgroup_x: Option<usize>,
 }
 
 /// Tiled GEMM for any number of activation rows.
@@ -50,7 +53,12 @@ impl KernelSource for QuantGemv {
                 "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
             )
         };
-        let code = GemvCode::new(self.format, self.rows, self.quads_per_thread);
+        let code = GemvCode::new(
+            self.format,
+            self.rows,
+            self.quads_per_thread,
+            self.subgroup_x,
+        );
         let template = SourceTemplate::new(include_str!("../../../../shaders/quant_gemv.wgsl"))
             .register("workgroup_size", GEMV_WORKGROUP.to_string())
             .register("block_quads", (BLOCK_COLS / GEMV_COLS).to_string())
@@ -62,8 +70,16 @@ impl KernelSource for QuantGemv {
             .register("x_quad_body", x_quad_body)
             .register("init", code.init())
             .register("group_init", code.group_init())
-            .register("word_body", code.word_body(false))
-            .register("word_body_tail", code.word_body(true))
+            .register("full_group_words", code.full_group_words())
+            .register("word_body_tail", code.word_body(XSource::Guarded))
+            .register(
+                "lane_builtin",
+                if self.subgroup_x.is_some() {
+                    "    @builtin(subgroup_invocation_id) lane: u32,"
+                } else {
+                    ""
+                },
+            )
             .register("group_end", code.group_end())
             .register("store", code.store());
         register_format(template, self.format, self.scale_f16, true)
@@ -76,6 +92,7 @@ impl KernelSource for QuantGemv {
             self.rows,
             self.quads_per_thread,
             self.x_vec4,
+            self.subgroup_x,
         ))
     }
 
@@ -94,12 +111,33 @@ struct GemvCode {
     bits: usize,
     zero_point: bool,
     signed: bool,
+    group_words: usize,
+    subgroup_x: Option<usize>,
+}
+
+/// Where a word body takes its x quads from.
+#[derive(Clone, Copy)]
+enum XSource {
+    /// Loaded by every lane, inside the row.
+    Plain,
+    /// Loaded by every lane, zeros past `k_in` (the last group).
+    Guarded,
+    /// Broadcast from the group's x loaded by the subgroup, this word's first quad being lane
+    /// `first_lane`'s.
+    Broadcast { first_lane: usize },
 }
 
 const LANES: [&str; 4] = ["x", "y", "z", "w"];
 
 impl GemvCode {
-    fn new(format: QuantFormat, rows: usize, quads: usize) -> Self {
+    fn new(format: QuantFormat, rows: usize, quads: usize, subgroup_x: Option<usize>) -> Self {
+        if let Some(lanes) = subgroup_x {
+            assert_eq!(
+                format.group(),
+                4 * lanes,
+                "x shared over the subgroup: 4 values per lane make one group of {format:?}"
+            );
+        }
         Self {
             rows,
             quads,
@@ -107,7 +145,40 @@ impl GemvCode {
             bits: format.bits(),
             zero_point: format.has_zero_point(),
             signed: matches!(format, QuantFormat::Q8 { .. }),
+            group_words: format.group() / format.values_per_word(),
+            subgroup_x,
         }
+    }
+
+    /// The words of a group that lies wholly before `k_in`: a loop over its words, each loading
+    /// its x; or, with x shared over the subgroup, the group's x loaded once (one quad per lane)
+    /// and its words written out (no loop: llvmpipe runs the broadcasts of even a one-trip loop
+    /// 30% slower), each taking its x quads from constant lanes.
+    fn full_group_words(&self) -> String {
+        if self.subgroup_x.is_none() {
+            return format!(
+                "        for (var gw = 0u; gw < GROUP_WORDS; gw++) {{\n            \
+                 let w = g * GROUP_WORDS + gw;\n            \
+                 let k0 = w * VALUES_PER_WORD;\n{}\n        }}",
+                self.word_body(XSource::Plain)
+            );
+        }
+        let mut out: Vec<String> = (0..self.rows)
+            .map(|r| {
+                format!(
+                    "        let xt{r} = x_quad(row{r}, g * GROUP_WORDS * VALUES_PER_WORD + 4u * lane);"
+                )
+            })
+            .collect();
+        for gw in 0..self.group_words {
+            out.push(format!(
+                "        {{\n            let w = g * GROUP_WORDS + {gw}u;\n{}\n        }}",
+                self.word_body(XSource::Broadcast {
+                    first_lane: gw * self.values_per_word / 4
+                })
+            ));
+        }
+        out.join("\n")
     }
 
     /// The block's rows: `row{r}`, clamped to the last row of x for loads (rows past `m` store
@@ -164,10 +235,9 @@ impl GemvCode {
     /// quads), their sums (for the zero point), the codes, and the products. Unsigned codes are
     /// taken in place (`codes_in_place`, value `i` times `2^(bits i)`) against x values scaled by
     /// `2^(-bits i)`; the last value of the word is shifted down (`codes_high`), its x unscaled.
-    fn word_body(&self, guarded: bool) -> String {
+    fn word_body(&self, x_source: XSource) -> String {
         let indent = "            ";
         let x_quads = self.values_per_word / 4;
-        let load = if guarded { "x_quad_guarded" } else { "x_quad" };
         let mut out = Vec::new();
         for u in 0..self.quads {
             out.push(format!(
@@ -176,10 +246,14 @@ impl GemvCode {
         }
         for r in 0..self.rows {
             for j in 0..x_quads {
-                out.push(format!(
-                    "{indent}let x{r}_{j} = {load}(row{r}, k0 + {}u);",
-                    4 * j
-                ));
+                let quad = match x_source {
+                    XSource::Plain => format!("x_quad(row{r}, k0 + {}u)", 4 * j),
+                    XSource::Guarded => format!("x_quad_guarded(row{r}, k0 + {}u)", 4 * j),
+                    XSource::Broadcast { first_lane } => {
+                        format!("subgroupBroadcast(xt{r}, {}u)", first_lane + j)
+                    }
+                };
+                out.push(format!("{indent}let x{r}_{j} = {quad};"));
             }
             if self.zero_point {
                 let sum = (0..x_quads)
@@ -377,12 +451,14 @@ mod tests {
             (QuantFormat::Q8_32, false),
             (QuantFormat::Q4 { group: 128 }, true),
         ] {
+            let subgroup_x = (format.group() == 32).then_some(8);
             let gemv = QuantGemv {
                 format,
                 scale_f16,
                 rows: 3,
                 quads_per_thread: 2,
                 x_vec4: true,
+                subgroup_x,
             }
             .source()
             .complete();
