@@ -16,7 +16,7 @@
 //
 // Template parameters: workgroup_size (WG), rows_per_thread (R), d4 (D / 4), split (bool), chunk
 // (keys per step) and the code generated for them: rows (each thread's row indices), q_load,
-// o_init, chunk_body, store.
+// o_init, chunk_body, store; lane_builtin declares the subgroup lane where K/V loads are shared.
 //
 // A thread holds R query rows (first_row + tid + r WG) of one (batch, head); a workgroup holds
 // WG R consecutive rows, and all its threads walk the same keys, so every K/V load is uniform
@@ -27,6 +27,12 @@
 // variables named one by one (q0_0.., o0_0..), never in arrays indexed in loops, which CPU
 // compilers spill. Grouped-query heads read their key/value head (head / (heads / kv_heads))
 // without any copy of K/V.
+//
+// K/V shared over the subgroup (CPU adapters offering subgroups of one fixed size S, lavapipe's 8,
+// when the workgroup is one subgroup of S threads and D / 4 a multiple of S): every lane needs the
+// same K/V vec4s, and llvmpipe loads each one lane by lane (see quant_gemv.wgsl). Lane l loads
+// vec4s l, l + S, ... of a key row (kt/vt), and subgroupBroadcast from constant lanes hands every
+// lane each vec4: 2x as fast on lavapipe at 1k tokens.
 //
 // Masks: a key j is allowed for the query at cache position pos = row + kv_len - q_len when
 // (not causal or j <= pos) and (no window or j + window > pos); its score then gets bias[b, j]
@@ -90,6 +96,7 @@ fn score(raw: f32, j: u32, pos: u32, b: f32, scale: f32) -> f32 {
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
+{{lane_builtin}}
 ) {
     let q_len = params.q_len;
     let kv_len = params.kv_len;

@@ -1,7 +1,8 @@
 //! Flash attention against attention in burn ops on the default wgpu adapter, causal prefill of
 //! one Mistral-7B layer (32 query heads over 8 key/value heads of 128):
 //! `cargo run --release --example attention_speed [tokens...]` (1024 4096 8192 unless given;
-//! `--heads H KV` and `--rows R` (query rows per thread) before the lengths for other settings).
+//! `--heads H KV` and `--rows R` (query rows per thread) before the lengths for other settings;
+//! `IDEFICS2_PLAIN_LOADS=1`: K and V loaded by every lane, not shared over subgroups).
 
 use burn::tensor::Device;
 use idefics2_kernels::WgpuCaps;
@@ -18,6 +19,9 @@ fn main() {
     if args.first().is_some_and(|a| a == "--rows") && args.len() >= 2 {
         idefics2_kernels::force_attention_rows_per_thread(Some(args[1].parse().expect("rows")));
         args.drain(..2);
+    }
+    if std::env::var("IDEFICS2_PLAIN_LOADS").is_ok_and(|v| v == "1") {
+        idefics2_kernels::force_plain_loads(true);
     }
     let tokens: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if !tokens.is_empty() {

@@ -3,7 +3,7 @@
 //! `cargo run --release --example quant_matmul_speed [k_in n_out [rows...]]` (rows 1, 8 and 128
 //! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread,
 //! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters,
-//! `IDEFICS2_GEMV_PLAIN_X=1` x loaded by every GEMV lane (not shared over subgroups); `SPEED_RUNS=N`
+//! `IDEFICS2_PLAIN_LOADS=1` x loaded by every GEMV lane (not shared over subgroups); `SPEED_RUNS=N`
 //! times N runs instead of 5, `SPEED_VERBOSE=1` prints them all (sorted).
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
@@ -26,8 +26,8 @@ fn main() {
     if std::env::var("IDEFICS2_TILED_GEMM").is_ok_and(|v| v == "1") {
         idefics2_kernels::force_tiled_gemm(true);
     }
-    if std::env::var("IDEFICS2_GEMV_PLAIN_X").is_ok_and(|v| v == "1") {
-        idefics2_kernels::force_gemv_plain_x(true);
+    if std::env::var("IDEFICS2_PLAIN_LOADS").is_ok_and(|v| v == "1") {
+        idefics2_kernels::force_plain_loads(true);
     }
     let args: Vec<usize> = std::env::args()
         .skip(1)

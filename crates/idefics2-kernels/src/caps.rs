@@ -6,6 +6,8 @@ use burn::cubecl::features::Plane;
 use burn::cubecl::ir::{ElemType, FloatKind};
 use burn::tensor::Device;
 
+use crate::forced::Forced;
+
 /// Limits and features of a wgpu device that the kernels care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WgpuCaps {
@@ -24,8 +26,8 @@ pub struct WgpuCaps {
     /// cubecl exposes subgroup operations (never on CPU adapters such as lavapipe, nor in
     /// browsers today).
     pub subgroups: bool,
-    /// The subgroup size the quantized GEMV shares `x` over on a CPU adapter (see
-    /// [`cpu_subgroup_size`]); `None` elsewhere.
+    /// The subgroup size the GEMV and the flash attention share their loads over on a CPU adapter
+    /// (see [`cpu_subgroup_size`]); `None` elsewhere.
     pub cpu_subgroup_size: Option<u32>,
 }
 
@@ -82,8 +84,20 @@ impl WgpuCaps {
     }
 }
 
-/// The subgroup size the GEMV can spread `x` with on a CPU adapter (lavapipe: 8, the lanes of its
-/// 256-bit vectors): `Some` when the adapter offers wgpu's `SUBGROUP` feature with one fixed size.
+/// Set when tests turn off the loads shared over subgroups.
+static FORCED_PLAIN_LOADS: Forced = Forced::new();
+
+/// Makes every lane load what it needs itself (`true`) where the kernels would share the loads
+/// over a CPU adapter's subgroups (the GEMV's x, the flash attention's K and V), or back to the
+/// automatic rule (`false`): lets tests on lavapipe cover the loads other adapters take.
+#[doc(hidden)]
+pub fn force_plain_loads(plain: bool) {
+    FORCED_PLAIN_LOADS.set(plain.then_some(1));
+}
+
+/// The subgroup size the kernels share loads over on a CPU adapter (lavapipe: 8, the lanes of its
+/// 256-bit vectors): `Some` when the adapter offers wgpu's `SUBGROUP` feature with one fixed size
+/// (and [`force_plain_loads`] is off).
 /// cubecl creates its wgpu device with every feature of the adapter (and marks subgroups usable
 /// only on GPUs, for its own kernels), so the adapter's features are the device's. cubecl's
 /// properties carry the sizes but not the feature: the adapter is looked up once per process by
@@ -91,6 +105,9 @@ impl WgpuCaps {
 /// in the browser).
 pub(crate) fn cpu_subgroup_size(name: &str, size_min: u32, size_max: u32) -> Option<u32> {
     if !is_cpu_adapter(name) || size_min != size_max || size_min < 2 {
+        return None;
+    }
+    if FORCED_PLAIN_LOADS.get().is_some() {
         return None;
     }
     static SEEN: std::sync::Mutex<Vec<(String, u32, bool)>> = std::sync::Mutex::new(Vec::new());

@@ -31,13 +31,13 @@ pub use attention::{
     attention_reference, attention_reference_in_blocks, force_attention_rows_per_thread,
     force_attention_splits, uses_attention_kernel,
 };
-pub use caps::WgpuCaps;
+pub use caps::{WgpuCaps, force_plain_loads};
 pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use format::QuantFormat;
 pub use quant_matmul::{
-    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_plain_x, force_gemv_quads_per_thread,
-    force_gemv_splits, force_tiled_gemm, quant_matmul, quant_matmul_kernel, uses_kernels,
+    GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits,
+    force_tiled_gemm, quant_matmul, quant_matmul_kernel, uses_kernels,
 };
 pub use quantize::{PackedWeight, f16_scale, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};

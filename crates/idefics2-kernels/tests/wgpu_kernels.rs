@@ -7,9 +7,9 @@ mod common;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::{Rng, relative_error};
 use idefics2_kernels::{
-    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_plain_x,
-    force_gemv_quads_per_thread, force_gemv_splits, force_tiled_gemm, quant_matmul,
-    quant_matmul_kernel, quant_matmul_reference, quantize, upload, uses_kernels,
+    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_quads_per_thread,
+    force_gemv_splits, force_plain_loads, force_tiled_gemm, quant_matmul, quant_matmul_kernel,
+    quant_matmul_reference, quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 3] = [
@@ -65,10 +65,10 @@ fn quant_matmul_kernels_match_the_reference() {
         assert_eq!(caps.cpu_subgroup_size, Some(8), "{caps:?}");
     }
     if caps.cpu_subgroup_size.is_some() {
-        force_gemv_plain_x(true);
+        force_plain_loads(true);
         formats_match(&gpu, &cpu, &mut rng, &[1, 8, 17]);
         split_k_matches(&gpu, &cpu, &mut rng);
-        force_gemv_plain_x(false);
+        force_plain_loads(false);
     }
 
     split_k_matches(&gpu, &cpu, &mut rng);

@@ -4,12 +4,13 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor, SourceKernel, into_contiguous};
 use burn::backend::{Backend, backend_extension};
+use burn::cubecl::ir::DeviceProperties;
 use burn::cubecl::prelude::{CubeCount, CubeDim};
 use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::tensor::{DType, Shape};
 
 use super::source::{FlashAttention, MAX_THREADS};
-use crate::caps::is_cpu_adapter;
+use crate::caps::{cpu_subgroup_size, is_cpu_adapter};
 use crate::forced::Forced;
 use crate::info_words::pack_words;
 
@@ -105,6 +106,7 @@ impl FlashAttentionBackend for CubeBackend {
             threads,
             rows_per_thread,
             split: splits > 1,
+            subgroup_kv: shared_kv_lanes(client.properties(), threads, d),
         };
         let params = [
             batch,
@@ -157,6 +159,18 @@ const CPU_ROWS_PER_THREAD: usize = 8;
 /// Threads of one workgroup on a CPU adapter: lavapipe runs 8 invocations side by side (256-bit
 /// SIMD); fewer rows per workgroup also means less causal waste at the diagonal.
 const CPU_MAX_THREADS: usize = 8;
+
+/// The subgroup size over which the K/V loads are shared (see `shaders/flash_attention.wgsl`): a
+/// CPU adapter's fixed size (`cpu_subgroup_size`) when one subgroup is the whole workgroup (no lane
+/// idle: decode's single thread loads its own) and splits a key row into whole vec4s per lane.
+fn shared_kv_lanes(props: &DeviceProperties, threads: usize, head_dim: usize) -> Option<usize> {
+    let lanes = cpu_subgroup_size(
+        &props.identity.name,
+        props.hardware.plane_size_min,
+        props.hardware.plane_size_max,
+    )? as usize;
+    (threads == lanes && (head_dim / 4).is_multiple_of(lanes)).then_some(lanes)
+}
 
 /// `(threads per workgroup, query rows per thread)` for `q_len` queries. GPUs: one row per thread
 /// and up to [`MAX_THREADS`] threads. CPU adapters: up to [`CPU_ROWS_PER_THREAD`] rows (fewer for

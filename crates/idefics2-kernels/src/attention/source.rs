@@ -18,6 +18,10 @@ pub(crate) struct FlashAttention {
     pub threads: usize,
     pub rows_per_thread: usize,
     pub split: bool,
+    /// The subgroup size S when the K/V vec4s are loaded once per subgroup (lane l loads vec4s
+    /// l, l + S, ...) and spread by broadcasts: CPU adapters with subgroups, S threads per
+    /// workgroup, D / 4 a multiple of S.
+    pub subgroup_kv: Option<usize>,
 }
 
 impl KernelSource for FlashAttention {
@@ -25,6 +29,7 @@ impl KernelSource for FlashAttention {
         let code = Code {
             d4: self.head_dim / 4,
             rows: self.rows_per_thread,
+            lanes: self.subgroup_kv,
         };
         SourceTemplate::new(include_str!("../../../../shaders/flash_attention.wgsl"))
             .register("workgroup_size", self.threads.to_string())
@@ -37,6 +42,14 @@ impl KernelSource for FlashAttention {
             .register("o_init", code.o_init())
             .register("chunk_body", code.chunk_body())
             .register("store", code.store())
+            .register(
+                "lane_builtin",
+                if self.subgroup_kv.is_some() {
+                    "    @builtin(subgroup_invocation_id) lane: u32,"
+                } else {
+                    ""
+                },
+            )
     }
 
     fn id(&self) -> KernelId {
@@ -54,6 +67,8 @@ impl KernelSource for FlashAttention {
 struct Code {
     d4: usize,
     rows: usize,
+    /// The subgroup size when the K/V loads are shared over the subgroup.
+    lanes: Option<usize>,
 }
 
 impl Code {
@@ -101,7 +116,9 @@ impl Code {
     }
 
     /// One chunk of [`CHUNK`] keys from `j`: scores (each K vec4 loaded once for all rows), each
-    /// row's new running max, and the rescaled sums (each V vec4 loaded once for all rows).
+    /// row's new running max, and the rescaled sums (each V vec4 loaded once for all rows). With
+    /// `lanes`, each lane loads every `lanes`-th vec4 of a key row (`kt{c}_{i}`, `vt{c}_{i}`) and
+    /// the others come by broadcast.
     fn chunk_body(&self) -> String {
         let (rows, d4) = (self.rows, self.d4);
         let mut out = Vec::new();
@@ -115,7 +132,16 @@ impl Code {
                 out.push(format!("var a{r}_{c} = vec4<f32>(0.0);"));
             }
             for i in 0..d4 {
-                let mut block = format!("{{ let kv = k[kj{c} + {i}u];");
+                let load = match self.lanes {
+                    None => format!("k[kj{c} + {i}u]"),
+                    Some(lanes) => {
+                        if i % lanes == 0 {
+                            out.push(format!("let kt{c}_{i} = k[kj{c} + {i}u + lane];"));
+                        }
+                        format!("subgroupBroadcast(kt{c}_{}, {}u)", i - i % lanes, i % lanes)
+                    }
+                };
+                let mut block = format!("{{ let kv = {load};");
                 for r in 0..rows {
                     block += &format!(" a{r}_{c} = fma(q{r}_{i}, kv, a{r}_{c});");
                 }
@@ -144,7 +170,19 @@ impl Code {
         for i in 0..d4 {
             let mut block = String::from("{");
             for c in 0..CHUNK {
-                block += &format!(" let v{c} = v[kj{c} + {i}u];");
+                match self.lanes {
+                    None => block += &format!(" let v{c} = v[kj{c} + {i}u];"),
+                    Some(lanes) => {
+                        if i % lanes == 0 {
+                            out.push(format!("let vt{c}_{i} = v[kj{c} + {i}u + lane];"));
+                        }
+                        block += &format!(
+                            " let v{c} = subgroupBroadcast(vt{c}_{}, {}u);",
+                            i - i % lanes,
+                            i % lanes
+                        );
+                    }
+                }
             }
             for r in 0..rows {
                 let mut acc = format!("o{r}_{i} * alpha{r}");
@@ -207,12 +245,17 @@ mod tests {
     /// A placeholder the template forgets to fill turns silently into an empty string.
     #[test]
     fn template_is_filled_completely() {
-        for (head_dim, rows, split) in [(72, 1, false), (128, 4, true), (4, 2, false)] {
+        for (head_dim, rows, split, lanes) in [
+            (72, 1, false, None),
+            (128, 4, true, Some(8)),
+            (4, 2, false, None),
+        ] {
             let source = FlashAttention {
                 head_dim,
                 threads: 64,
                 rows_per_thread: rows,
                 split,
+                subgroup_kv: lanes,
             }
             .source()
             .complete();
@@ -223,6 +266,10 @@ mod tests {
             assert!(!source.contains(&format!("let q{rows}_0 = ")));
             assert!(source.contains(&format!("const SPLIT: bool = {split};")));
             assert!(source.contains(&format!("let s{r}_3 = score(")));
+            assert_eq!(
+                source.contains("subgroupBroadcast(kt3_24, 7u)"),
+                lanes.is_some()
+            );
         }
         assert_eq!(
             max_tree(&["s0".into(), "s1".into(), "s2".into(), "s3".into()]),

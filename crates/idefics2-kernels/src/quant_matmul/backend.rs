@@ -269,17 +269,6 @@ fn gemv_quads_per_thread(cpu: bool) -> usize {
     }
 }
 
-/// Set when tests turn off the GEMV's x shared over subgroups.
-static FORCED_GEMV_PLAIN_X: Forced = Forced::new();
-
-/// Makes every GEMV lane load its own x (`true`) where the adapter would share it over subgroups,
-/// or back to the automatic rule (`false`): lets tests on lavapipe cover the x loads that other
-/// adapters take.
-#[doc(hidden)]
-pub fn force_gemv_plain_x(plain: bool) {
-    FORCED_GEMV_PLAIN_X.set(plain.then_some(1));
-}
-
 /// The subgroup size over which the GEMV shares its x loads (see `shaders/quant_gemv.wgsl`): a CPU
 /// adapter's fixed size (`cpu_subgroup_size`) when 4 values per lane make one group of the format
 /// (groups of 32 on lavapipe; groups of 128, shared 32 values at a time, gained nothing there).
@@ -287,7 +276,7 @@ pub fn force_gemv_plain_x(plain: bool) {
 fn gemv_subgroup_x(format: QuantFormat, cpu_subgroup: Option<u32>) -> Option<usize> {
     let lanes = cpu_subgroup? as usize;
     let fits = format.group() == 4 * lanes && GEMV_WORKGROUP.is_multiple_of(lanes);
-    (fits && FORCED_GEMV_PLAIN_X.get().is_none()).then_some(lanes)
+    fits.then_some(lanes)
 }
 
 /// Threads the GEMV aims for on a GPU: enough loads in flight to approach the memory bandwidth of

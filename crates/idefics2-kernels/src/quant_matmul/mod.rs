@@ -5,8 +5,7 @@ mod backend;
 mod source;
 
 pub use backend::{
-    QuantMatmulBackend, force_gemv_plain_x, force_gemv_quads_per_thread, force_gemv_splits,
-    force_tiled_gemm,
+    QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits, force_tiled_gemm,
 };
 pub use source::GEMV_MAX_ROWS;
 
