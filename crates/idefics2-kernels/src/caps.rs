@@ -3,7 +3,7 @@
 
 use burn::backend::DispatchDevice;
 use burn::cubecl::features::Plane;
-use burn::cubecl::ir::{ElemType, FloatKind};
+use burn::cubecl::ir::{DeviceProperties, ElemType, FloatKind};
 use burn::tensor::Device;
 
 use crate::forced::Forced;
@@ -48,11 +48,7 @@ impl WgpuCaps {
             max_workgroup_invocations: props.hardware.max_units_per_cube,
             shader_f16: props.supports_type(ElemType::Float(FloatKind::F16)),
             subgroups: props.features.plane.contains(Plane::Ops),
-            cpu_subgroup_size: cpu_subgroup_size(
-                &props.identity.name,
-                props.hardware.plane_size_min,
-                props.hardware.plane_size_max,
-            ),
+            cpu_subgroup_size: cpu_subgroup_size(props),
         })
     }
 
@@ -103,7 +99,9 @@ pub fn force_plain_loads(plain: bool) {
 /// properties carry the sizes but not the feature: the adapter is looked up once per process by
 /// name and sizes on a wgpu instance of our own (only for CPU adapters with a fixed size, never
 /// in the browser).
-pub(crate) fn cpu_subgroup_size(name: &str, size_min: u32, size_max: u32) -> Option<u32> {
+pub(crate) fn cpu_subgroup_size(props: &DeviceProperties) -> Option<u32> {
+    let name = props.identity.name.as_str();
+    let (size_min, size_max) = (props.hardware.plane_size_min, props.hardware.plane_size_max);
     if !is_cpu_adapter(name) || size_min != size_max || size_min < 2 {
         return None;
     }
@@ -118,6 +116,16 @@ pub(crate) fn cpu_subgroup_size(name: &str, size_min: u32, size_max: u32) -> Opt
     let offers = adapter_offers_subgroups(name, size_min);
     seen.push((name.to_string(), size_min, offers));
     offers.then_some(size_min)
+}
+
+/// The entry-point parameter that names a thread's lane in its subgroup, for kernels that share
+/// their loads over the subgroup (`shared`); nothing otherwise.
+pub(crate) fn lane_builtin(shared: bool) -> &'static str {
+    if shared {
+        "    @builtin(subgroup_invocation_id) lane: u32,"
+    } else {
+        ""
+    }
 }
 
 #[cfg(not(target_family = "wasm"))]

@@ -164,11 +164,7 @@ const CPU_MAX_THREADS: usize = 8;
 /// CPU adapter's fixed size (`cpu_subgroup_size`) when one subgroup is the whole workgroup (no lane
 /// idle: decode's single thread loads its own) and splits a key row into whole vec4s per lane.
 fn shared_kv_lanes(props: &DeviceProperties, threads: usize, head_dim: usize) -> Option<usize> {
-    let lanes = cpu_subgroup_size(
-        &props.identity.name,
-        props.hardware.plane_size_min,
-        props.hardware.plane_size_max,
-    )? as usize;
+    let lanes = cpu_subgroup_size(props)? as usize;
     (threads == lanes && (head_dim / 4).is_multiple_of(lanes)).then_some(lanes)
 }
 

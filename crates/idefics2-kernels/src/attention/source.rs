@@ -3,6 +3,8 @@
 use burn::backend::wgpu::{KernelSource, SourceTemplate};
 use burn::cubecl::prelude::KernelId;
 
+use crate::caps::lane_builtin;
+
 /// Keys one step of the online softmax takes: the running max and the accumulator are rescaled
 /// once per chunk, not once per key.
 pub(crate) const CHUNK: usize = 4;
@@ -42,14 +44,7 @@ impl KernelSource for FlashAttention {
             .register("o_init", code.o_init())
             .register("chunk_body", code.chunk_body())
             .register("store", code.store())
-            .register(
-                "lane_builtin",
-                if self.subgroup_kv.is_some() {
-                    "    @builtin(subgroup_invocation_id) lane: u32,"
-                } else {
-                    ""
-                },
-            )
+            .register("lane_builtin", lane_builtin(self.subgroup_kv.is_some()))
     }
 
     fn id(&self) -> KernelId {
@@ -132,15 +127,7 @@ impl Code {
                 out.push(format!("var a{r}_{c} = vec4<f32>(0.0);"));
             }
             for i in 0..d4 {
-                let load = match self.lanes {
-                    None => format!("k[kj{c} + {i}u]"),
-                    Some(lanes) => {
-                        if i % lanes == 0 {
-                            out.push(format!("let kt{c}_{i} = k[kj{c} + {i}u + lane];"));
-                        }
-                        format!("subgroupBroadcast(kt{c}_{}, {}u)", i - i % lanes, i % lanes)
-                    }
-                };
+                let load = self.kv_load("k", c, i, &mut out);
                 let mut block = format!("{{ let kv = {load};");
                 for r in 0..rows {
                     block += &format!(" a{r}_{c} = fma(q{r}_{i}, kv, a{r}_{c});");
@@ -170,19 +157,7 @@ impl Code {
         for i in 0..d4 {
             let mut block = String::from("{");
             for c in 0..CHUNK {
-                match self.lanes {
-                    None => block += &format!(" let v{c} = v[kj{c} + {i}u];"),
-                    Some(lanes) => {
-                        if i % lanes == 0 {
-                            out.push(format!("let vt{c}_{i} = v[kj{c} + {i}u + lane];"));
-                        }
-                        block += &format!(
-                            " let v{c} = subgroupBroadcast(vt{c}_{}, {}u);",
-                            i - i % lanes,
-                            i % lanes
-                        );
-                    }
-                }
+                block += &format!(" let v{c} = {};", self.kv_load("v", c, i, &mut out));
             }
             for r in 0..rows {
                 let mut acc = format!("o{r}_{i} * alpha{r}");
@@ -194,6 +169,22 @@ impl Code {
             out.push(block + " }");
         }
         Self::join(out, "        ")
+    }
+
+    /// The expression for vec4 `i` of key `c`'s row in `buffer` (`k` or `v`): a load, or with
+    /// `lanes` a broadcast from the lane that loaded it, whose load (`kt{c}_{i}` / `vt{c}_{i}`,
+    /// lane l taking vec4 `i + l` of every `lanes`) goes into `out` before the first use.
+    fn kv_load(&self, buffer: &str, c: usize, i: usize, out: &mut Vec<String>) -> String {
+        let Some(lanes) = self.lanes else {
+            return format!("{buffer}[kj{c} + {i}u]");
+        };
+        let (first, lane) = (i - i % lanes, i % lanes);
+        if lane == 0 {
+            out.push(format!(
+                "let {buffer}t{c}_{i} = {buffer}[kj{c} + {i}u + lane];"
+            ));
+        }
+        format!("subgroupBroadcast({buffer}t{c}_{first}, {lane}u)")
     }
 
     /// Each row in range writes its output: normalized into `[batch, q_len, heads, D]`, or as a

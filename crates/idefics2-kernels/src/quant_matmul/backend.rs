@@ -172,14 +172,7 @@ fn launch(
             rows: block_rows,
             quads_per_thread,
             x_vec4: k_in.is_multiple_of(4),
-            subgroup_x: gemv_subgroup_x(
-                format,
-                cpu_subgroup_size(
-                    &props.identity.name,
-                    props.hardware.plane_size_min,
-                    props.hardware.plane_size_max,
-                ),
-            ),
+            subgroup_x: gemv_subgroup_x(format, cpu_subgroup_size(props)),
         };
         let cube_dim = CubeDim::new_1d(GEMV_WORKGROUP as u32);
         let count = CubeCount::Static(grid_x as u32, splits as u32, row_blocks as u32);

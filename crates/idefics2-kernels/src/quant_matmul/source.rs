@@ -3,6 +3,8 @@
 use burn::backend::wgpu::{KernelSource, SourceTemplate};
 use burn::cubecl::prelude::KernelId;
 
+use crate::caps::lane_builtin;
+
 use crate::format::QuantFormat;
 use crate::weight::BLOCK_COLS;
 
@@ -72,14 +74,7 @@ impl KernelSource for QuantGemv {
             .register("group_init", code.group_init())
             .register("full_group_words", code.full_group_words())
             .register("word_body_tail", code.word_body(XSource::Guarded))
-            .register(
-                "lane_builtin",
-                if self.subgroup_x.is_some() {
-                    "    @builtin(subgroup_invocation_id) lane: u32,"
-                } else {
-                    ""
-                },
-            )
+            .register("lane_builtin", lane_builtin(self.subgroup_x.is_some()))
             .register("group_end", code.group_end())
             .register("store", code.store());
         register_format(template, self.format, self.scale_f16, true)
