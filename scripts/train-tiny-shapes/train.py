@@ -167,6 +167,9 @@ TRAIN = dict(
     centre_density=0.0,  # > 0: every patch regresses its share of the shape centres (bilinear, sums to the count; see patch_targets)
     patch_share=0.0,  # > 0: instead, its share of the shapes' pixels (each shape's pixels sum to 1; see patch_targets), this weight
     share_from=0,  # first step of the patch_share loss (its output row stays zero before; a snapshot without it can resume)
+    anchor=0,  # > 0: the per-patch flag marks the patch of each shape's first pixel in reading order, not of its centre
+    count_attention=0.0,  # > 0: one perceiver head of image token 3 is taught to attend to the flagged patches (see count_attention_loss)
+    count_attention_from=0,  # first step of that loss
     patch_turn=0.0,  # > 0: instead, the turning of the shapes' outlines inside it (each outline turns once; see patch_targets)
     turn_from=0,  # first step of the patch_turn loss (as share_from)
     threads=2,
@@ -176,6 +179,10 @@ CENTRE_WEIGHTS = torch.tensor([1.0, 10.0])  # the centre patches are rare
 OFFSET_WEIGHT = [0.0]  # set from TRAIN["offset_weight"] in train()
 PATCH_COUNT = [0.0]  # set from TRAIN["patch_count"] in train()
 DENSITY = [0.0]  # set from TRAIN["centre_density"] (or "patch_share" from "share_from", "patch_turn" from "turn_from") in train()
+ANCHOR = [False]  # set from TRAIN["anchor"] in train(): the flag marks each shape's first pixel, not its centre
+COUNT_ATTENTION = [0.0]  # the count_attention weight of the current step, set in train()
+COUNT_LATENT, COUNT_HEAD = 3, 0  # the image token (after the kind slots 0..2) and perceiver head that count
+PERCEIVER_INPUTS = {}  # the first perceiver attention's last inputs (latents, context, mask), kept by a hook
 DENSITY_KIND = ["centre"]  # the density target: "centre" share, pixel "share" (patch_share) or outline "turn" (patch_turn)
 # The density targets that replace the centre's, each on a row grown onto the patch head: (weight key, first-step key,
 # DENSITY_KIND)
@@ -396,6 +403,23 @@ def patch_targets(labels, drawn, crop, h, w, patch=14, centre_label=True):
                 if centre_label:
                     # a shape smaller than a patch may miss every patch centre: its centre patch shows it anyway
                     idx[py, px] = i + 1
+    if ANCHOR[0]:
+        # the flag marks instead the patch holding each shape's first pixel in reading order (its top row, leftmost):
+        # a triangle's apex, a square's top-left corner, the top of a circle. Unlike the centre, that is visible in the
+        # patch itself (no patch has to know where its shape ends), so one patch per shape can be flagged crisply,
+        # two shapes of one colour included (the centre flag summed to the count on only 9-20% of pictures, README)
+        centre[:] = 0
+        for i, d in enumerate(drawn):
+            bx, by, bs = d["box"]
+            xa, xb, ya, yb = max(bx, x0), min(bx + bs, x1), max(by, y0), min(by + bs, y1)
+            if xa >= xb or ya >= yb:
+                continue
+            m = labels[ya:yb, xa:xb] == i + 1
+            rows = np.flatnonzero(m.any(1))
+            if rows.size == 0:
+                continue
+            ay, ax = ya + rows[0] - y0, xa + np.flatnonzero(m[rows[0]])[0] - x0
+            centre[min(int((ay + 0.5) * h / (y1 - y0)) // patch, gy - 1), min(int((ax + 0.5) * w / (x1 - x0)) // patch, gx - 1)] = 1
     # where the centre of the shape under each patch lies, relative to the patch centre, in units of 4 patches
     # (NaN on the background): every patch of a shape points at the same spot, which separates touching or
     # same-colour shapes and marks one centre per shape (what counting needs)
@@ -546,7 +570,7 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
     if cur:
         groups.append(cur)
     feats = [None] * len(imgs)
-    aux_logits, aux_tgt, aux_off, aux_dens, dens_sum_err = [], [], [], [], []
+    aux_logits, aux_tgt, aux_off, aux_dens, dens_sum_err, flag_ok, count_att = [], [], [], [], [], [], []
     ps = model.config.vision_config.patch_size
     for g in groups:
         hmax = max(imgs[j][0].shape[1] for j in g)
@@ -567,10 +591,19 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         patch_mask = real_patches(pm, ps)
         hidden = model.model.vision_model(pixel_values=pv, patch_attention_mask=patch_mask).last_hidden_state
         f = model.model.connector(hidden, attention_mask=patch_mask.view(len(g), -1))
+        if aux_head is not None and COUNT_ATTENTION[0] > 0:
+            flags = ((tgt[..., 2] == 1) & (tgt[..., 0] >= 0)).flatten(1).to(DEV)
+            count_att.append(count_attention_loss(model, flags))
         for k, j in enumerate(g):
             feats[j] = f[k]
         if aux_head is not None:
             al = aux_head(hidden)
+            with torch.no_grad():  # images whose flagged patches (centre or anchor) are as many as their targets
+                c0 = 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES)
+                # the flag's loss weighs flagged patches CENTRE_WEIGHTS[1] times: even odds lie at this logit margin
+                margin = math.log(CENTRE_WEIGHTS[1] / CENTRE_WEIGHTS[0])
+                flagged = (al[..., c0 + 1] - al[..., c0] > margin) & (tgt[..., 0] >= 0).flatten(1).to(DEV)
+                flag_ok.append(flagged.sum(1) == (tgt[..., 2] == 1).flatten(1).sum(1).to(DEV))
             aux_logits.append(al.flatten(0, 1))
             aux_tgt.append(tgt.flatten(0, 2))
             aux_off.append(otgt.flatten(0, 2))
@@ -604,14 +637,49 @@ def image_features(model, imgs, aux_head=None, max_pad=1.25):
         loss = loss + DENSITY[0] * (
             10 * F.smooth_l1_loss(logits[:, -1][real], dens[real], beta=0.1) + torch.cat(dens_sum_err).mean()
         )
+    if count_att:
+        att_loss = torch.cat([a for a, _ in count_att])
+        loss = loss + COUNT_ATTENTION[0] * att_loss.mean()
+        EXTRA_METRICS["count_att"] = torch.cat([ok for _, ok in count_att]).float().mean().item()
     with torch.no_grad():
         shape_px = real & (tgt[:, 0] > 0)
         acc = (logits[:, :n_kind].argmax(-1) == tgt[:, 0])[shape_px].float().mean().item()
+        EXTRA_METRICS["flags"] = torch.cat(flag_ok).float().mean().item()
         if PATCH_COUNT[0] > 0:
             EXTRA_METRICS["patch_count"] = (logits[:, pc0 : pc0 + 5].argmax(-1) == tgt[:, 3])[real].float().mean().item()
         if DENSITY[0] > 0:  # images whose rounded density sum is their count
             EXTRA_METRICS["density_count"] = (torch.cat(dens_sum_err) < 0.125).float().mean().item()
     return feats, loss, acc
+
+
+def count_attention_loss(model, flags):
+    """Per image: cross-entropy of one perceiver head's attention (image token COUNT_LATENT, head COUNT_HEAD, over the
+    patches and the latents) against the uniform distribution over the flagged patches and that token itself, and
+    whether the weight left on itself gives the number of flags.
+
+    A softmax can only average, so a token cannot sum what it attends to; but a key of its own makes the share it keeps
+    1 / (c + 1) for c flagged patches of equal weight, and its output mixes its own value with theirs in that
+    proportion: the count becomes something the decoder can read. Taught on the flags (a mass spread over two
+    neighbouring patches counts alike), this is the encoder's per-patch flag wired to where the answers look."""
+    attn = model.model.connector.perceiver_resampler.layers[0].self_attn
+    lat, ctx, mask = PERCEIVER_INPUTS["latents"], PERCEIVER_INPUTS["context"], PERCEIVER_INPUTS["attention_mask"]
+    hd = attn.head_dim
+    q = attn.q_proj(lat[:, COUNT_LATENT])[:, COUNT_HEAD * hd : (COUNT_HEAD + 1) * hd]
+    kv = COUNT_HEAD // attn.num_key_value_groups
+    k = attn.k_proj(torch.cat([ctx, lat], 1))[..., kv * hd : (kv + 1) * hd]
+    logp = F.log_softmax((torch.einsum("bd,bnd->bn", q, k) * attn.scaling + mask[:, 0, COUNT_LATENT]).float(), -1)
+    target = torch.cat([flags, torch.zeros_like(lat[..., 0], dtype=torch.bool)], 1)
+    target[:, ctx.shape[1] + COUNT_LATENT] = True
+    target = target.float() / target.sum(1, keepdim=True)
+    loss = -(target * logp.clamp_min(-1e4)).sum(1)
+    with torch.no_grad():
+        own = logp[:, ctx.shape[1] + COUNT_LATENT].exp()
+        ok = torch.round(1 / own - 1) == flags.sum(1)
+    return loss, ok
+
+
+def keep_perceiver_inputs(module, args, kwargs):
+    PERCEIVER_INPUTS.update(latents=kwargs["latents"], context=kwargs["context"], attention_mask=kwargs["attention_mask"])
 
 
 def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
@@ -918,7 +986,8 @@ def load_grown(head, saved):
     the first rows, the others stay as they are (zero)."""
     with torch.no_grad():
         for name, t in head.state_dict(keep_vars=True).items():
-            t[: saved[name].shape[0]].copy_(saved[name])
+            n = min(t.shape[0], saved[name].shape[0])  # a saved head with an unused grown row (zero) loses it
+            t[:n].copy_(saved[name][:n])
 
 
 def lr_at(step, cfg):
@@ -939,6 +1008,11 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
     if cfg["aux_weight"] > 0:
         n_off = 2 if cfg["offset_weight"] > 0 else 0
         OFFSET_WEIGHT[0], PATCH_COUNT[0], DENSITY[0] = cfg["offset_weight"], cfg["patch_count"], cfg["centre_density"]
+        ANCHOR[0] = cfg["anchor"] > 0
+        if cfg["count_attention"] > 0:
+            model.model.connector.perceiver_resampler.layers[0].self_attn.register_forward_pre_hook(
+                keep_perceiver_inputs, with_kwargs=True
+            )
         n_extra = (5 if cfg["patch_count"] > 0 else 0) + (1 if cfg["centre_density"] > 0 else 0)
         heads["patch"] = torch.nn.Linear(VISION["hidden_size"], 1 + len(shapes.KINDS) + 1 + len(shapes.COLOR_NAMES) + 2 + n_off + n_extra)
         if cfg["centre_density"] > 0:  # the density starts at 0 everywhere: random sums over 256 patches would swamp the rest
@@ -989,7 +1063,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         for p, state in opt.state.items():  # the rows a grown head adds start with no optimizer history
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state and state[key].shape != p.shape:
-                    state[key] = pad_rows(state[key], p.shape[0])
+                    state[key] = pad_rows(state[key][: p.shape[0]], p.shape[0])
         rng.setstate(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         np.random.set_state(st["np_rng"])
@@ -1015,6 +1089,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
         min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
         step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
+        COUNT_ATTENTION[0] = cfg["count_attention"] if step >= cfg["count_attention_from"] else 0.0
         for knob, start, _ in GROWN_DENSITIES:
             if cfg[knob] > 0:
                 DENSITY[0] = cfg[knob] if step >= cfg[start] else 0.0
@@ -1036,7 +1111,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             run_ok.setdefault(k, []).extend(v)
         if (step + 1) % log_every == 0:
             el = time.time() - t0
-            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot", "patch_count", "density_count"] if k in run_ok)
+            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot", "patch_count", "density_count", "flags", "count_att"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
