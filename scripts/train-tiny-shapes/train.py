@@ -163,6 +163,8 @@ TRAIN = dict(
     phase1_cok=0.0,  # share of phase-1 scenes that hold two shapes of different kinds, asked both colour-of-kind questions
     kind_slots=1.0,  # > 0 (with the scene loss): image tokens 0, 1, 2 each predict the colour of the only circle / square / triangle
     count_slot=0.0,  # > 0 (with the scene loss): image token 3 predicts the number of shapes (no gain by step 3200, README)
+    kind_counts=0.0,  # > 0 (with kind_slots): image tokens 0, 1, 2 also predict how many circles / squares / triangles
+    # there are (kept the colour-of-kind question on its plateau and counted no better, README)
     patch_count=0.0,  # > 0: every real patch also predicts the number of shape centres in its image (0..4), this loss weight
     centre_density=0.0,  # > 0: every patch regresses its share of the shape centres (bilinear, sums to the count; see patch_targets)
     patch_share=0.0,  # > 0: instead, its share of the shapes' pixels (each shape's pixels sum to 1; see patch_targets), this weight
@@ -534,10 +536,13 @@ def make_batch(enc, rng, n_scenes, cfg, min_frac=shapes.MIN_FRAC, phase1=False):
             for k in shapes.KINDS
         ]
         # count classes: 0..4 with crop_count (a crop may hold no centre), else 1..4 as 0..3
-        scenes.append((idx[-1], [len(drawn) - (0 if cfg["crop_count"] > 0 else 1)] + color_of_kind))
+        # then the number of shapes of each kind (0..4; the count is their sum, and two shapes of one colour are
+        # mostly of different kinds, which the kind slots already tell apart)
+        kind_counts = [kinds.count(k) for k in shapes.KINDS]
+        scenes.append((idx[-1], [len(drawn) - (0 if cfg["crop_count"] > 0 else 1)] + color_of_kind + kind_counts))
         if cfg["crop_count"] > 0:
             for j in idx[:-1]:  # the crops of a split image: count the shape centres inside (0..4)
-                scenes.append((j, [imgs[j][3]] + [-100] * len(shapes.KINDS)))
+                scenes.append((j, [imgs[j][3]] + [-100] * 2 * len(shapes.KINDS)))
     return seqs, imgs, scenes
 
 
@@ -714,6 +719,12 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
             with torch.no_grad():
                 named = slot_tgt > 0
                 slot_acc = (slot_logits.argmax(-1) == slot_tgt)[named].float().mean().item() if named.any() else 0.0
+        if "kind_counts" in heads:
+            kc_logits = heads["kind_counts"](feats[which][:, : len(shapes.KINDS)]).float()  # [scenes, kinds, 0..4]
+            kc_tgt = st[:, 1 + len(shapes.KINDS) : 1 + 2 * len(shapes.KINDS)]
+            scene_loss = scene_loss + cfg["kind_counts"] * F.cross_entropy(kc_logits.flatten(0, 1), kc_tgt.flatten(), ignore_index=-100)
+            with torch.no_grad():
+                kind_counts_acc = (kc_logits.argmax(-1) == kc_tgt).all(-1)[whole].float().mean().item()
         if "count_slot" in heads:
             # one image token holds the count (a latent can count the centre patches against the other latents)
             cl = heads["count_slot"](feats[which][:, len(shapes.KINDS)]).float()
@@ -766,6 +777,8 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
                 word_ok["slots"] = [slot_acc]
             if "count_slot" in heads:
                 word_ok["count_slot"] = [count_slot_acc]
+            if "kind_counts" in heads:
+                word_ok["kind_counts"] = [kind_counts_acc]
     if aux_loss is not None:
         loss = loss + cfg["aux_weight"] * aux_loss
     if scene_loss is not None:
@@ -1028,6 +1041,9 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         heads["scene"] = torch.nn.Linear(N_LATENTS * TEXT["hidden_size"], (5 if cfg["crop_count"] > 0 else 4) + len(shapes.KINDS) * (1 + len(shapes.COLOR_NAMES)))
     if cfg["kind_slots"] > 0:
         heads["slots"] = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES))
+    if cfg["kind_counts"] > 0:
+        assert cfg["kind_slots"] > 0, "kind_counts uses the kind slots' image tokens"
+        heads["kind_counts"] = torch.nn.Linear(TEXT["hidden_size"], 5)
     if cfg["count_slot"] > 0:
         heads["count_slot"] = torch.nn.Linear(TEXT["hidden_size"], 5 if cfg["crop_count"] > 0 else 4)
     heads = {k: h.to(DEV) for k, h in heads.items()}
@@ -1111,7 +1127,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             run_ok.setdefault(k, []).extend(v)
         if (step + 1) % log_every == 0:
             el = time.time() - t0
-            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "count_slot", "patch_count", "density_count", "flags", "count_att"] if k in run_ok)
+            accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "kind_counts", "count_slot", "patch_count", "density_count", "flags", "count_att"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
                 f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
