@@ -7,8 +7,15 @@
 #
 # IDEFICS2_BIN: the idefics2 binary (default target/release/idefics2, or .devcarry/idefics2.xz unpacked).
 # PYTHONPATH may point at transformers 4.54.1 (the reference); any transformers with Idefics2 works.
+# RUN_TIMEOUT: seconds each of the four runs may take (default 900; the device tool allows 600 per call, and
+# making the random 8B weights takes 51 s in f16, 105-114 s in q8/q4 on the H200 machine: give each run 200+).
+# For the device tool (the tree it copies holds at most 64 MiB with what it carries): carry .devcarry/ with
+# idefics2.xz (`xz -9e -c target/release/idefics2`, 15 MB) and, for the transformers side, pyx.tar.xz (transformers
+# 4.54.1, tokenizers and huggingface_hub installed with `pip install --no-deps --target pyx`, 5.7 MB), unpacked to
+# /tmp/pyx with PYTHONPATH=/tmp/pyx (the machine has torch with CUDA).
 set -u
 LAYERS=${1:-32}
+RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 OUT=${OUT:-/tmp/device-bench}
 mkdir -p "$OUT"
 BIN=${IDEFICS2_BIN:-target/release/idefics2}
@@ -19,14 +26,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 run() { # name, flags...
     local name=$1; shift
     echo "== idefics2 bench $*" >&2
-    timeout 900 "$BIN" bench --synthetic idefics2-8b --layers "$LAYERS" --device gpu --json "$@" \
+    timeout "$RUN_TIMEOUT" "$BIN" bench --synthetic idefics2-8b --layers "$LAYERS" --device gpu --json "$@" \
         > "$OUT/$name.json" 2> "$OUT/$name.err" || { echo "failed: $name" >&2; tail -5 "$OUT/$name.err" >&2; }
 }
 run f16 --dtype f16 --kernels on
 run q8 --dtype f16 --quant q8 --kernels off
 run q4 --dtype f16 --quant q4 --kernels off
 echo "== transformers" >&2
-timeout 900 python3 scripts/torch-bench.py --layers "$LAYERS" --dtype float16 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+timeout "$RUN_TIMEOUT" python3 scripts/torch-bench.py --layers "$LAYERS" --dtype float16 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
     > "$OUT/torch.json" 2> "$OUT/torch.err" || { echo "failed: torch" >&2; tail -5 "$OUT/torch.err" >&2; }
 python3 - "$OUT" <<'PY'
 import json, os, sys
