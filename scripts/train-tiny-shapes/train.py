@@ -174,6 +174,8 @@ TRAIN = dict(
     anchor=0,  # > 0: the per-patch flag marks the patch of each shape's first pixel in reading order, not of its centre
     count_attention=0.0,  # > 0: one perceiver head of image token 3 is taught to attend to the flagged patches (see count_attention_loss)
     count_attention_from=0,  # first step of that loss
+    max_pad=1.25,  # image_features: a group of images is padded to at most this times their real pixels
+    data_workers=0,  # dev (GPU): > 0 draws each step's batch in that many worker processes, seeded by (seed, step)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -697,7 +699,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
     length (prompts with 1 or 5 images) so that little padding is computed."""
     heads = heads or {}
     answer_weight = {"color_of_kind": cfg["cok_weight"], "count": cfg["count_weight"]} if cfg else {}
-    feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"))
+    feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"), max_pad=cfg["max_pad"] if cfg else 1.25)
     feats = feats.view(len(imgs), N_LATENTS, -1)
     scene_loss = None
     if "scene" in heads:
@@ -1003,14 +1005,64 @@ def load_grown(head, saved):
             t[:n].copy_(saved[name][:n])
 
 
-def lr_at(step, cfg):
+def lr_at(step, cfg, frac=None):
+    """Warmup, then a cosine decay over the steps, or over the time budget when frac (its elapsed share) is given."""
     if step < cfg["warmup"]:
         return cfg["lr"] * (step + 1) / cfg["warmup"]
-    t = (step - cfg["warmup"]) / max(1, cfg["steps"] - cfg["warmup"])
+    t = (step - cfg["warmup"]) / max(1, cfg["steps"] - cfg["warmup"]) if frac is None else min(1.0, frac)
     return cfg["lr"] * (cfg["min_lr_frac"] + (1 - cfg["min_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at=None, resume=None):
+def step_data_args(step, cfg):
+    """The data knobs of one step: (that step's config, smallest shape fraction, phase 1)."""
+    phase1 = step < cfg["phase1_steps"]
+    c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
+    min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
+    step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
+    return step_cfg, min_frac, phase1
+
+
+WORKER = {}  # a data worker's own Encoder
+
+
+def worker_init(centre_label):
+    torch.set_num_threads(1)
+    WORKER["enc"] = Encoder(centre_label=centre_label)
+
+
+def worker_batch(step_and_cfg):
+    """One step's batch, drawn in a worker from its own generator seeded by (seed, step); tensors travel as numpy
+    arrays (pickled bytes: no shared-memory files, whose space a container may lack)."""
+    step, cfg = step_and_cfg
+    step_cfg, min_frac, phase1 = step_data_args(step, cfg)
+    rng = random.Random(cfg["seed"] * 1_000_003 + step)
+    seqs, imgs, scenes = make_batch(WORKER["enc"], rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
+    imgs = [tuple(x.numpy() if torch.is_tensor(x) else x for x in im) for im in imgs]
+    return seqs, imgs, scenes
+
+
+def parallel_batches(cfg, first):
+    """Batches of steps first, first + 1, ... from cfg["data_workers"] processes, in order, at most two per worker
+    drawn ahead (Pool.imap would draw them all ahead, as fast as the workers go)."""
+    import collections
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(cfg["data_workers"], worker_init, (cfg["centre_label"] > 0,))
+    ahead = collections.deque()
+    nxt = first
+    while True:
+        while nxt < cfg["steps"] and len(ahead) < 2 * cfg["data_workers"]:
+            ahead.append(pool.apply_async(worker_batch, ((nxt, cfg),)))
+            nxt += 1
+        if not ahead:
+            return
+        seqs, imgs, scenes = ahead.popleft().get()
+        yield seqs, [tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in im) for im in imgs], scenes
+
+
+def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at=None, resume=None, time_budget=None):
+    """time_budget (dev, seconds): the learning rate decays over that time instead of over the steps, and training
+    stops when it is spent (for a GPU run of fixed length whose step time is not known beforehand)."""
     torch.manual_seed(cfg["seed"])
     rng = random.Random(cfg["seed"])
     model = Idefics2ForConditionalGeneration(build_config())
@@ -1086,6 +1138,10 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         first = st["step"]
     run_loss, run_ok, t_data = 0.0, {}, 0.0
     ema = None
+    batches = parallel_batches(cfg, first) if cfg["data_workers"] > 0 else None
+    if batches is not None:  # the workers' start is not training time
+        pending = next(batches)
+        t0 = time.time()
     for step in range(first, cfg["steps"]):
         if snapshot is not None and step == snapshot_at:
             torch.save(
@@ -1098,18 +1154,22 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
         if max_seconds is not None and time.time() - t0 > max_seconds:
             print(f"stopped at step {step}: time limit", flush=True)
             break
+        frac = None if time_budget is None else (time.time() - t0) / time_budget
+        if frac is not None and frac >= 1:
+            print(f"stopped at step {step}: time budget spent", flush=True)
+            break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg) * g["lr_mult"]
+            g["lr"] = lr_at(step, cfg, frac) * g["lr_mult"]
         td = time.time()
-        phase1 = step < cfg["phase1_steps"]
-        c, s2 = cfg["curriculum_min_frac"], step - cfg["phase1_steps"]
-        min_frac = c if phase1 else max(shapes.MIN_FRAC, c - (c - shapes.MIN_FRAC) * s2 / max(1, cfg["curriculum_steps"]))
-        step_cfg = dict(cfg, **{p: 0.0 for p, start in LATE_SCENES.items() if step < cfg[start]})
+        step_cfg, min_frac, phase1 = step_data_args(step, cfg)
         COUNT_ATTENTION[0] = cfg["count_attention"] if step >= cfg["count_attention_from"] else 0.0
         for knob, start, _ in GROWN_DENSITIES:
             if cfg[knob] > 0:
                 DENSITY[0] = cfg[knob] if step >= cfg[start] else 0.0
-        seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
+        if batches is not None:
+            (seqs, imgs, scenes), pending = pending, next(batches, None)
+        else:
+            seqs, imgs, scenes = make_batch(enc, rng, cfg["scenes_per_batch"], step_cfg, min_frac, phase1)
         t_data += time.time() - td
         loss, word_ok = forward_loss(model, seqs, imgs, scenes, heads, cfg)
         opt.zero_grad(set_to_none=True)
@@ -1130,7 +1190,7 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             accs = " ".join(f"{k}={sum(run_ok[k]) / len(run_ok[k]):.2f}" for k in shapes.QUESTION_KINDS + ["patch", "scene_count", "slots", "kind_counts", "count_slot", "patch_count", "density_count", "flags", "count_att"] if k in run_ok)
             print(
                 f"step {step + 1}/{cfg['steps']} loss {run_loss / log_every:.4f} word-acc {accs} "
-                f"lr {lr_at(step, cfg):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
+                f"lr {lr_at(step, cfg, frac):.2e} elapsed {el:.0f}s (data {t_data:.0f}s) "
                 f"eta {el / (step + 1 - first) * (cfg['steps'] - step - 1):.0f}s",
                 flush=True,
             )
@@ -1156,6 +1216,7 @@ def main():
     ap.add_argument("--failures", action="store_true", help="print every wrong answer with the image size and shapes")
     ap.add_argument("--arch", action="append", default=[], help="dev: override an architecture key, e.g. --arch vision.num_hidden_layers=3 or processor.shortest_edge=112")
     ap.add_argument("--max-minutes", type=float, default=None, help="dev: stop training after this long")
+    ap.add_argument("--time-budget", type=float, default=None, help="dev: minutes; the learning rate decays over them (see train)")
     ap.add_argument("--snapshot", default=None, help="dev: save the whole training state to this file at --snapshot-at")
     ap.add_argument("--snapshot-at", type=int, default=None, help="dev: the step (a multiple of 25) to snapshot")
     ap.add_argument("--resume", default=None, help="dev: go on from a --snapshot file")
@@ -1196,6 +1257,7 @@ def main():
     model, train_s = train(
         cfg, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
         snapshot=args.snapshot, snapshot_at=args.snapshot_at, resume=args.resume,
+        time_budget=None if args.time_budget is None else 60 * args.time_budget,
     )
     print(f"training time: {train_s:.0f} s ({train_s / 60:.1f} min)", flush=True)
 
