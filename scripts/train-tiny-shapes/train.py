@@ -175,7 +175,7 @@ TRAIN = dict(
     count_attention=0.0,  # > 0: one perceiver head of image token 3 is taught to attend to the flagged patches (see count_attention_loss)
     count_attention_from=0,  # first step of that loss
     max_pad=1.25,  # image_features: a group of images is padded to at most this times their real pixels
-    data_workers=0,  # > 0: each step's batch is drawn ahead in that many worker processes, seeded by (seed, step)
+    data_workers=0,  # dev (GPU): > 0 draws each step's batch ahead in that many worker processes, seeded by (seed, step)
     threads=2,
 )
 EVAL = dict(seed=20240611, n_per_kind=250, max_new_tokens=3)
@@ -1026,8 +1026,8 @@ WORKER = {}  # a data worker's own Encoder
 
 
 def worker_init(centre_label):
-    # Lowest priority: on the 2-core CPU a worker fills the time the training's own threads leave idle (its Python
-    # between the kernels) without taking time from them.
+    # Lowest priority, so as not to slow the training's own threads; on the 2-core CPU a worker still gains
+    # nothing (100 steps: 113 s with one, 115 s without; README). It is for the GPU's many cores.
     os.nice(19)
     torch.set_num_threads(1)
     WORKER["enc"] = Encoder(centre_label=centre_label)
