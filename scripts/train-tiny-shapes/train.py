@@ -699,7 +699,7 @@ def forward_loss(model, seqs, imgs, scenes=None, heads=None, cfg=None):
     length (prompts with 1 or 5 images) so that little padding is computed."""
     heads = heads or {}
     answer_weight = {"color_of_kind": cfg["cok_weight"], "count": cfg["count_weight"]} if cfg else {}
-    feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"), max_pad=cfg["max_pad"] if cfg else 1.25)
+    feats, aux_loss, aux_acc = image_features(model, imgs, heads.get("patch"), max_pad=(cfg or TRAIN)["max_pad"])
     feats = feats.view(len(imgs), N_LATENTS, -1)
     scene_loss = None
     if "scene" in heads:
@@ -1053,14 +1053,17 @@ def parallel_batches(cfg, first):
     pool = multiprocessing.get_context("fork").Pool(cfg["data_workers"], worker_init, (cfg["centre_label"] > 0,))
     ahead = collections.deque()
     nxt = first
-    while True:
-        while nxt < cfg["steps"] and len(ahead) < 2 * cfg["data_workers"]:
-            ahead.append(pool.apply_async(worker_batch, ((nxt, cfg),)))
-            nxt += 1
-        if not ahead:
-            return
-        seqs, imgs, scenes = ahead.popleft().get()
-        yield seqs, [tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in im) for im in imgs], scenes
+    try:
+        while True:
+            while nxt < cfg["steps"] and len(ahead) < 2 * cfg["data_workers"]:
+                ahead.append(pool.apply_async(worker_batch, ((nxt, cfg),)))
+                nxt += 1
+            if not ahead:
+                return
+            seqs, imgs, scenes = ahead.popleft().get()
+            yield seqs, [tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in im) for im in imgs], scenes
+    finally:  # also when training stops early (time limit): the batches drawn ahead are dropped with the workers
+        pool.terminate()
 
 
 def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at=None, resume=None, time_budget=None):
@@ -1200,6 +1203,8 @@ def train(cfg, log_every=LOG_EVERY, max_seconds=None, snapshot=None, snapshot_at
             run_loss, run_ok = 0.0, {}
             if LIBC is not None:
                 LIBC.malloc_trim(0)
+    if batches is not None:
+        batches.close()  # stops the data workers
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(model.parameters(), ema):
