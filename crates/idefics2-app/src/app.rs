@@ -63,6 +63,8 @@ pub struct ChatApp {
     pub(crate) composer_images: Vec<Attachment>,
     pub(crate) pending: Option<Pending>,
     pub(crate) last_stats: Option<AnswerStats>,
+    /// The last answer's token ids and log-probabilities.
+    pub(crate) last_tokens: (Vec<u32>, Vec<f32>),
     pub(crate) errors: Vec<String>,
     /// The browser's "model URL" field.
     #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
@@ -96,6 +98,7 @@ impl ChatApp {
             composer_images: Vec::new(),
             pending: None,
             last_stats: None,
+            last_tokens: (Vec::new(), Vec::new()),
             errors: Vec::new(),
             url: String::new(),
             script: startup.script,
@@ -233,6 +236,11 @@ impl ChatApp {
         self.last_stats
     }
 
+    /// The last answer's generated token ids and their log-probabilities.
+    pub fn last_tokens(&self) -> (&[u32], &[f32]) {
+        (&self.last_tokens.0, &self.last_tokens.1)
+    }
+
     pub fn model_ready(&self) -> bool {
         matches!(self.model, ModelState::Ready(_))
     }
@@ -270,9 +278,15 @@ impl ChatApp {
                         p.text.push_str(&piece);
                     }
                 }
-                Event::Finished { text, stats } => {
+                Event::Finished {
+                    text,
+                    stats,
+                    ids,
+                    logprobs,
+                } => {
                     self.pending = None;
                     self.last_stats = Some(stats);
+                    self.last_tokens = (ids, logprobs);
                     self.chat.turns.push(Turn {
                         role: Role::Assistant,
                         text,

@@ -116,6 +116,10 @@ pub enum Event {
     Finished {
         text: String,
         stats: AnswerStats,
+        /// The generated token ids and their log-probabilities (the test reports compare them
+        /// with the library's on the CPU).
+        ids: Vec<u32>,
+        logprobs: Vec<f32>,
     },
     Failed(String),
 }
@@ -150,7 +154,7 @@ impl Engine {
                 Err(message) => emit(Event::LoadFailed(message)),
             },
             Command::Generate(request) => match self.generate(request, cancel, emit).await {
-                Ok((text, stats)) => emit(Event::Finished { text, stats }),
+                Ok(finished) => emit(finished),
                 Err(message) => emit(Event::Failed(message)),
             },
         }
@@ -216,7 +220,7 @@ impl Engine {
         request: GenerateRequest,
         cancel: &CancelFlag,
         emit: &dyn Fn(Event),
-    ) -> Result<(String, AnswerStats), String> {
+    ) -> Result<Event, String> {
         let pipeline = self.pipeline.as_ref().ok_or("no model is loaded")?;
         let chat = Request {
             prompt: Prompt::Chat(request.messages),
@@ -263,6 +267,11 @@ impl Engine {
             },
             cancelled: output.finish[0] == idefics2::FinishReason::Cancelled,
         };
-        Ok((text.trim().to_owned(), stats))
+        Ok(Event::Finished {
+            text: text.trim().to_owned(),
+            stats,
+            ids: output.tokens[0].clone(),
+            logprobs: output.logprobs[0].clone(),
+        })
     }
 }

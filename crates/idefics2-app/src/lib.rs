@@ -16,14 +16,6 @@ pub mod worker;
 
 pub use app::{ChatApp, Gpu, Startup};
 
-/// The embedded demo model (trained on shapes, see `assets/idefics2-tiny-shapes`), opened when
-/// no other model is given.
-#[cfg(not(target_family = "wasm"))]
-pub const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../assets/idefics2-tiny-shapes"
-);
-
 /// "adapter name (backend)" for the status line.
 pub fn adapter_label(adapter: &burn::tensor::wgpu::wgpu::Adapter) -> String {
     let info = adapter.get_info();

@@ -3,19 +3,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::Device;
 use clap::Parser;
 use eframe::egui_wgpu::{WgpuSetup, WgpuSetupExisting};
 use idefics2_app::engine::ModelSource;
 use idefics2_app::script::Script;
-use idefics2_app::{ChatApp, DEFAULT_MODEL, Gpu, Startup, adapter_label};
+use idefics2_app::{ChatApp, Gpu, Startup, adapter_label};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Chat with Idefics2 about your images")]
 struct Args {
-    /// Model directory (hub layout) to open at start.
-    #[arg(long, env = "IDEFICS2_MODEL", default_value = DEFAULT_MODEL)]
-    model: PathBuf,
+    /// Model directory (hub layout) to open at start. Default: the tiny shapes model embedded in
+    /// this binary (unpacked into the user data directory on first use).
+    #[arg(long, env = "IDEFICS2_MODEL")]
+    model: Option<PathBuf>,
     /// Scripted session (tests, demos): attach this image once the model is ready (repeatable).
     #[arg(long = "send-image")]
     send_images: Vec<PathBuf>,
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    idefics2::exit_on_panic();
     let args = Args::parse();
     let script = match scripted(&args) {
         Ok(script) => script,
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     // One wgpu device for burn and the window: burn picks the adapter, eframe draws with it.
-    let (gpu, setup) = match Device::wgpu_options().init_with_setup() {
+    let (gpu, setup) = match idefics2::init_gpu_with_setup() {
         Ok((device, setup)) => {
             let label = adapter_label(&setup.adapter);
             (Some(Gpu { device, label }), Some(setup))
@@ -74,9 +75,19 @@ fn main() -> ExitCode {
             queue: setup.queue,
         });
     }
+    let model = match args.model.clone() {
+        Some(dir) => dir,
+        None => match idefics2::default_model::default_model_dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let startup = Startup {
         gpu,
-        model: Some(ModelSource::Dir(args.model.clone())),
+        model: Some(ModelSource::Dir(model)),
         script,
     };
     match eframe::run_native(

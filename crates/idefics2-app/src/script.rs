@@ -152,8 +152,11 @@ impl Script {
 fn answer_report(app: &ChatApp) -> Option<serde_json::Value> {
     let answer = app.last_answer()?;
     let stats = app.last_stats();
+    let (ids, logprobs) = app.last_tokens();
     Some(serde_json::json!({
         "answer": answer,
+        "ids": ids,
+        "logprobs": logprobs,
         "prompt_tokens": stats.map(|s| s.prompt_tokens),
         "new_tokens": stats.map(|s| s.new_tokens),
         "tokens_per_second": stats.map(|s| s.tokens_per_second),

@@ -43,10 +43,10 @@ impl Worker {
                     let is_load = matches!(command, Command::Load(_));
                     // A GPU failure that burn reports by panicking (out of memory, device lost)
                     // becomes a message; the window and the chat stay.
-                    let run = std::panic::AssertUnwindSafe(|| {
+                    let run = || {
                         futures_lite::future::block_on(engine.run(command, &thread_cancel, &emit))
-                    });
-                    if let Err(panic) = std::panic::catch_unwind(run) {
+                    };
+                    if let Err(panic) = idefics2::catch_panics(run) {
                         let message = format!("the model failed: {}", panic_text(&*panic));
                         emit(if is_load {
                             Event::LoadFailed(message)

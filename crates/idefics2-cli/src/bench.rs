@@ -220,6 +220,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(adapter) = idefics2::chosen_adapter() {
+            println!("adapter: {adapter}");
+        }
         print_table(&report, args.image_size);
         print_kernels(&kernels, &device);
     }

@@ -34,7 +34,7 @@ pub fn run(mut args: ChatArgs) -> Result<()> {
     eprintln!(
         "{} on {}. /image PATH, /reset, /splitting on|off, /quit",
         dir.display(),
-        args.runtime.label()
+        args.runtime.summary()
     );
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut history_images = Vec::new();

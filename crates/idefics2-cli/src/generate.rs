@@ -162,7 +162,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         tokens_per_second(&output),
         output.prefill_seconds,
         output.prompt_tokens.iter().sum::<usize>(),
-        args.runtime.label(),
+        args.runtime.summary(),
         load
     );
     Ok(())

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("IDEFICS2_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    idefics2::exit_on_panic();
     let result = match Cli::parse().command {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),

@@ -10,18 +10,13 @@ use idefics2::processor::ImageOptions;
 use idefics2::quant::{QuantFormat, QuantPolicy};
 use idefics2::{DeviceChoice, Sampling, SamplingOptions, init_device};
 
-/// The model that ships in `assets/` and runs when `--model` is not given.
-pub const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../assets/idefics2-tiny-shapes"
-);
-
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model directory, or hub id such as HuggingFaceM4/idefics2-8b (from the HF cache, downloaded
-    /// when missing).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// when missing). Default: the tiny shapes model embedded in this binary (unpacked into the
+    /// user data directory on first use).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Hub revision (branch, tag or commit).
     #[arg(long, default_value = "main")]
     pub revision: String,
@@ -29,7 +24,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn resolve(&self) -> Result<PathBuf> {
-        crate::hub::resolve_model(&self.model, &self.revision)
+        match &self.model {
+            Some(model) => crate::hub::resolve_model(model, &self.revision),
+            None => Ok(idefics2::default_model::default_model_dir()?),
+        }
     }
 }
 
@@ -75,6 +73,16 @@ impl RuntimeArgs {
             DtypeArg::F16 => DType::F16,
         };
         Ok((device, dtype))
+    }
+
+    /// [`label`](Self::label), with the adapter and backend a GPU device was brought up on.
+    pub fn summary(&self) -> String {
+        match idefics2::chosen_adapter() {
+            Some(adapter) if self.device == DeviceArg::Gpu => {
+                format!("{} ({adapter})", self.label())
+            }
+            _ => self.label().to_string(),
+        }
     }
 
     pub fn label(&self) -> &'static str {

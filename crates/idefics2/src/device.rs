@@ -1,4 +1,4 @@
-//! Picking the compute device: burn's CPU backend (Flex) or the default wgpu adapter
+//! Picking the compute device: burn's CPU backend (Flex) or a wgpu adapter on a primary backend
 //! (Vulkan, Metal, DX12, or WebGPU in the browser).
 
 use burn::tensor::{DType, Device};
@@ -11,14 +11,142 @@ pub enum DeviceChoice {
     Gpu,
 }
 
+/// The wgpu adapter a GPU device was brought up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuAdapter {
+    /// The adapter's name (`llvmpipe (LLVM 15.0.6, 256 bits)` on lavapipe).
+    pub name: String,
+    /// `Vulkan`, `Metal`, `Dx12` or `BrowserWebGpu`.
+    pub backend: String,
+    /// A software rasterizer (lavapipe, WARP, SwiftShader) rather than a GPU.
+    pub software: bool,
+}
+
+impl std::fmt::Display for GpuAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.name, self.backend)?;
+        if self.software {
+            write!(f, ", a CPU adapter")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(target_family = "wasm"))]
+static CHOSEN_ADAPTER: std::sync::Mutex<Option<GpuAdapter>> = std::sync::Mutex::new(None);
+
+/// The adapter [`init_device`] chose for [`DeviceChoice::Gpu`] in this process, if it did.
+#[cfg(not(target_family = "wasm"))]
+pub fn chosen_adapter() -> Option<GpuAdapter> {
+    CHOSEN_ADAPTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
 /// Initialises the device. A missing GPU adapter is an error, never a silent CPU fallback.
+///
+/// Only the primary backends are asked: wgpu's OpenGL adapter lacks operations burn's autotuned
+/// kernels emit (`subgroupAdd`), and its failures panic on wgpu's own threads, so a machine whose
+/// only adapter is OpenGL gets an error naming what to install instead.
 #[cfg(not(target_family = "wasm"))]
 pub fn init_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Gpu => Device::wgpu_options()
-            .init()
-            .map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}"))),
+        DeviceChoice::Gpu => {
+            // burn brings a runtime up once per process: later callers share the first device.
+            static GPU: std::sync::Mutex<Option<Device>> = std::sync::Mutex::new(None);
+            let mut gpu = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(device) = gpu.as_ref() {
+                return Ok(device.clone());
+            }
+            let (device, _) = init_gpu_with_setup()?;
+            *gpu = Some(device.clone());
+            Ok(device)
+        }
+    }
+}
+
+/// [`init_device`] for [`DeviceChoice::Gpu`], also handing back wgpu's handles so that a window
+/// (eframe) draws with the same device.
+#[cfg(not(target_family = "wasm"))]
+pub fn init_gpu_with_setup() -> Result<(Device, burn::tensor::wgpu::WgpuSetup)> {
+    let (api, adapter) = primary_adapter()?;
+    let (device, setup) = Device::wgpu_options()
+        .graphics_api(api)
+        .init_with_setup()
+        .map_err(|e| Error::Device(format!("{adapter}: {e}")))?;
+    *CHOSEN_ADAPTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(adapter);
+    Ok((device, setup))
+}
+
+/// The first primary backend with a hardware adapter, else the first with a software one
+/// (lavapipe), as burn's own automatic choice does but without falling back to OpenGL. Asked once
+/// per process (tests bring devices up on several threads, and the Vulkan loader crashes when
+/// instances come and go on several threads at once).
+#[cfg(not(target_family = "wasm"))]
+fn primary_adapter() -> Result<(burn::tensor::wgpu::WgpuBackend, GpuAdapter)> {
+    use burn::tensor::wgpu::WgpuBackend;
+    static FOUND: std::sync::OnceLock<std::result::Result<(usize, GpuAdapter), String>> =
+        std::sync::OnceLock::new();
+    let apis = [WgpuBackend::Vulkan, WgpuBackend::Metal, WgpuBackend::Dx12];
+    match FOUND.get_or_init(probe_primary_backends) {
+        Ok((index, adapter)) => Ok((apis[*index], adapter.clone())),
+        Err(message) => Err(Error::Device(message.clone())),
+    }
+}
+
+/// Index into (Vulkan, Metal, Dx12) and the adapter, for [`primary_adapter`].
+#[cfg(not(target_family = "wasm"))]
+fn probe_primary_backends() -> std::result::Result<(usize, GpuAdapter), String> {
+    use burn::tensor::wgpu::wgpu;
+    let candidates = [
+        (wgpu::Backend::Vulkan, 0),
+        (wgpu::Backend::Metal, 1),
+        (wgpu::Backend::Dx12, 2),
+    ];
+    let mut software = None;
+    for (backend, api) in candidates {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: backend.into(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = burn::cubecl::future::block_on(instance.enumerate_adapters(backend.into()));
+        let describe = |info: wgpu::AdapterInfo| GpuAdapter {
+            name: info.name,
+            backend: format!("{:?}", info.backend),
+            software: info.device_type == wgpu::DeviceType::Cpu,
+        };
+        let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(wgpu::Adapter::get_info).collect();
+        if let Some(info) = infos
+            .iter()
+            .find(|i| i.device_type != wgpu::DeviceType::Cpu)
+        {
+            return Ok((api, describe(info.clone())));
+        }
+        if software.is_none()
+            && let Some(info) = infos.into_iter().next()
+        {
+            software = Some((api, describe(info)));
+        }
+    }
+    software.ok_or_else(|| no_adapter_message().to_string())
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn no_adapter_message() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "no Vulkan adapter found: install a Vulkan driver (Debian/Ubuntu: `apt-get install \
+         mesa-vulkan-drivers libvulkan1`, which also brings lavapipe, a CPU adapter), or use \
+         --device cpu"
+    } else if cfg!(target_os = "macos") {
+        "no Metal adapter found; use --device cpu"
+    } else if cfg!(target_os = "windows") {
+        "no DX12 or Vulkan adapter found: update the graphics driver, or use --device cpu"
+    } else {
+        "no Vulkan, Metal or DX12 adapter found; use --device cpu"
     }
 }
 
@@ -45,4 +173,34 @@ pub fn best_float(device: &Device) -> DType {
     } else {
         DType::F32
     }
+}
+
+#[cfg(not(target_family = "wasm"))]
+thread_local! {
+    static CATCHES_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes a panic on any thread (ours, wgpu's, burn's) end the process with exit code 101 after
+/// its message is printed, except inside [`catch_panics`]. By default a panic on a background
+/// thread ends only that thread, and a caller waiting on it (a GPU readback, a channel) can wait
+/// for ever: a run must fail, not hang.
+#[cfg(not(target_family = "wasm"))]
+pub fn exit_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if !CATCHES_PANICS.with(std::cell::Cell::get) {
+            std::process::exit(101);
+        }
+    }));
+}
+
+/// `catch_unwind` that [`exit_on_panic`] lets through: for a caller that turns a panic of the
+/// model (burn reports a GPU out of memory or a lost device by panicking) into an error message.
+#[cfg(not(target_family = "wasm"))]
+pub fn catch_panics<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    let before = CATCHES_PANICS.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHES_PANICS.with(|c| c.set(before));
+    result
 }

@@ -62,6 +62,8 @@ pub enum Error {
     GenerationOption(String),
     #[error("device error: {0}")]
     Device(String),
+    #[error("default model: {0}")]
+    DefaultModel(String),
     #[error("quantization: {0}")]
     QuantConfig(String),
     #[error("cannot quantize `{name}`: {message}")]

@@ -2,6 +2,8 @@
 //! the CPU (burn's Flex device) and any GPU through wgpu.
 
 pub mod config;
+#[cfg(not(target_family = "wasm"))]
+pub mod default_model;
 pub mod device;
 pub mod error;
 pub mod generate;
@@ -19,9 +21,9 @@ pub mod synthetic;
 pub mod weights;
 
 pub use config::{GenerationConfig, Idefics2Config};
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, GpuAdapter};
 #[cfg(not(target_family = "wasm"))]
-pub use device::init_device;
+pub use device::{catch_panics, chosen_adapter, exit_on_panic, init_device, init_gpu_with_setup};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerationOptions, GenerationOutput, TokenEvent};
 pub use model::{Idefics2, ModelInput};
