@@ -1,18 +1,37 @@
 // The browser app end to end: serves the repository on localhost, opens web/index.html in headless
 // Debian Chromium with WebGPU on SwiftShader, lets the scripted session load the default model,
 // send the sample image and a question, and waits for the streamed answer. Checks it equals the
-// native answer, saves a screenshot, then reloads and checks the model came from the Cache API.
+// CPU library's (the same text and token ids, log-probabilities within 1e-3; the window test
+// writes them to library.json), saves a screenshot, then reloads and checks the model came from
+// the Cache API (the first load downloaded the weights, the second none) and answers the same.
 //
-// usage: node web/browser-test.mjs EXPECTED_ANSWER SCREENSHOT.png   (run web/build.sh first)
+// usage: node web/browser-test.mjs LIBRARY.json SCREENSHOT.png   (run web/build.sh first)
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { extname, join, normalize, resolve } from "node:path";
 
-const [expected, screenshot] = process.argv.slice(2);
-if (!expected || !screenshot) {
-  console.error("usage: node web/browser-test.mjs EXPECTED_ANSWER SCREENSHOT.png");
+const [libraryPath, screenshot] = process.argv.slice(2);
+if (!libraryPath || !screenshot) {
+  console.error("usage: node web/browser-test.mjs LIBRARY.json SCREENSHOT.png");
   process.exit(2);
+}
+const library = JSON.parse(await readFile(libraryPath, "utf8"));
+const expected = library.answer;
+
+// Where `report` differs from the library's answer: a list of problems, empty when it matches.
+function differences(report) {
+  const problems = [];
+  if (report.error) problems.push(`error ${JSON.stringify(report.error)}`);
+  if (report.answer !== library.answer) problems.push(`answer ${JSON.stringify(report.answer)}`);
+  if (JSON.stringify(report.ids) !== JSON.stringify(library.ids)) {
+    problems.push(`ids ${JSON.stringify(report.ids)} against ${JSON.stringify(library.ids)}`);
+  } else {
+    const worst = Math.max(0, ...report.logprobs.map((lp, i) => Math.abs(lp - library.logprobs[i])));
+    console.log(`ids equal the library's, logprobs within ${worst.toExponential(2)}`);
+    if (!(worst <= 1e-3)) problems.push(`logprobs differ by ${worst}`);
+  }
+  return problems;
 }
 const root = resolve(new URL("..", import.meta.url).pathname);
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
@@ -60,15 +79,22 @@ try {
   const first = await run();
   console.log("browser report:", JSON.stringify(first));
   await page.screenshot({ path: screenshot });
-  if (first.error || first.answer !== expected) {
-    console.error(`FAIL: the browser answered ${JSON.stringify(first)}, native answer ${JSON.stringify(expected)}`);
+  const firstProblems = differences(first);
+  if (firstProblems.length) {
+    console.error(`FAIL: the browser's answer differs from the library's: ${firstProblems.join("; ")}`);
     failed = true;
   }
   const downloads = weightRequests;
+  if (downloads < 1) {
+    console.error("FAIL: the first load downloaded no weights (a stale cache would hide the download path)");
+    failed = true;
+  }
   await page.reload();
   const second = await run();
   console.log("after reload:", JSON.stringify(second), `weight downloads: ${downloads} then ${weightRequests - downloads}`);
-  if (second.answer !== expected || weightRequests !== downloads) {
+  const secondProblems = differences(second);
+  if (secondProblems.length || weightRequests !== downloads) {
+    console.error(`FAIL: after reload: ${secondProblems.join("; ")}`);
     console.error("FAIL: after a reload the model must come from the browser's cache and answer the same");
     failed = true;
   }

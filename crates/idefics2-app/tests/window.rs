@@ -2,7 +2,8 @@
 //! whatever adapter wgpu finds (lavapipe here). The app opens the default model, gets one image
 //! and a question through its scripted session (the composer's own calls), answers, saves a
 //! screenshot of the rendered window and closes. The answer must be the one the library gives
-//! for the same request on the CPU, and the right one for the trained demo model.
+//! for the same request on the CPU (the same token ids, log-probabilities within 1e-3), and the
+//! right one for the trained demo model.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -57,8 +58,9 @@ fn start_xvfb(display: u32) -> Xvfb {
     Xvfb(child)
 }
 
-/// What the library answers on the CPU device for the same image and question.
-fn library_answer(image: &Path) -> String {
+/// What the library answers on the CPU device for the same image and question: the text, the
+/// token ids and their log-probabilities.
+fn library_answer(image: &Path) -> (String, Vec<u32>, Vec<f32>) {
     let device = Device::flex();
     let model = repo().join("assets/idefics2-tiny-shapes");
     let pipeline = Pipeline::load(&model, &device, DType::F32).expect("default model");
@@ -79,17 +81,47 @@ fn library_answer(image: &Path) -> String {
         .model
         .generate(&input, &generation, |_| ControlFlow::Continue(()))
         .expect("generate");
-    pipeline
+    let text = pipeline
         .decode(&output.tokens[0])
         .expect("decode")
         .trim()
-        .to_owned()
+        .to_owned();
+    (text, output.tokens[0].clone(), output.logprobs[0].clone())
+}
+
+/// The report's ids equal the library's and its log-probabilities are within 1e-3.
+fn assert_same_tokens(what: &str, report: &serde_json::Value, ids: &[u32], logprobs: &[f32]) {
+    let got_ids: Vec<u64> = report["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no ids in {report}"))
+        .iter()
+        .map(|v| v.as_u64().expect("id"))
+        .collect();
+    let want_ids: Vec<u64> = ids.iter().map(|&i| u64::from(i)).collect();
+    assert_eq!(got_ids, want_ids, "{what}: token ids");
+    let got_logprobs: Vec<f64> = report["logprobs"]
+        .as_array()
+        .expect("logprobs")
+        .iter()
+        .map(|v| v.as_f64().expect("logprob"))
+        .collect();
+    assert_eq!(got_logprobs.len(), logprobs.len(), "{what}: logprobs");
+    let worst = got_logprobs
+        .iter()
+        .zip(logprobs)
+        .map(|(g, w)| (g - f64::from(*w)).abs())
+        .fold(0.0, f64::max);
+    println!(
+        "{what}: {} ids equal, logprobs within {worst:.2e}",
+        ids.len()
+    );
+    assert!(worst <= 1e-3, "{what}: logprobs differ by {worst}");
 }
 
 #[test]
 fn window_answers_a_question_about_a_dropped_image() {
     let image = repo().join("assets/samples/shapes.png");
-    let expected = library_answer(&image);
+    let (expected, ids, logprobs) = library_answer(&image);
     assert_eq!(
         expected, "red",
         "the demo model's answer for the sample image"
@@ -139,6 +171,14 @@ fn window_answers_a_question_about_a_dropped_image() {
         "the app showed an error"
     );
     assert_eq!(report["answer"].as_str(), Some(expected.as_str()));
+    assert_same_tokens("window (Regenerate)", &report, &ids, &logprobs);
+    assert_same_tokens("window (first answer)", &report["first"], &ids, &logprobs);
+    // The library's figures, for the browser test (web/browser-test.mjs) to compare with.
+    std::fs::write(
+        out.join("library.json"),
+        serde_json::json!({ "answer": expected, "ids": ids, "logprobs": logprobs }).to_string(),
+    )
+    .expect("library.json");
     assert!(
         report["tokens_per_second"]
             .as_f64()

@@ -260,6 +260,177 @@ fn gpu_matches_the_reference() {
     let lines = json_lines(&out);
     assert_matches_reference(&lines[0], &reference("tiny-f32", "one_image")[0]);
     assert_eq!(lines[0]["device"], "gpu f32");
+    // The summary line names the adapter and its backend (lavapipe in CI: Vulkan, never GL).
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("gpu f32 (") && summary.contains(" on Vulkan"),
+        "{summary}"
+    );
+
+    // f16 weights and activations: the same greedy ids on this checkpoint.
+    let out = idefics2(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+            &image("a.png"),
+            "--max-new-tokens",
+            "10",
+            "--json",
+            "--device",
+            "gpu",
+            "--dtype",
+            "f16",
+        ],
+        &[],
+    );
+    let lines = json_lines(&out);
+    assert_matches_reference(&lines[0], &reference("tiny-f32", "one_image")[0]);
+    assert_eq!(lines[0]["device"], "gpu f16");
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The README's first command, run from a directory that is not the repository: the binary finds
+/// the default model it embeds (unpacked into the data directory) and answers `red`.
+#[test]
+fn the_readme_question_is_answered_from_any_directory() {
+    let elsewhere = tempdir("elsewhere");
+    let data = tempdir("data");
+    let shapes = repo().join("assets/samples/shapes.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_idefics2"))
+        .args(["generate", "--image"])
+        .arg(&shapes)
+        .args(["--ask", "What color is the shape?"])
+        .current_dir(&elsewhere.0)
+        .env("IDEFICS2_DATA_DIR", &data.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "red");
+    let unpacked: Vec<_> = std::fs::read_dir(data.0.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].starts_with("idefics2-tiny-shapes-"));
+    // `check` on the default model works the same way.
+    let out = idefics2(
+        &["check"],
+        &[("IDEFICS2_DATA_DIR", &data.0.display().to_string())],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all names and shapes match"));
+}
+
+/// `quantize` writes a checkpoint that loads as saved and answers exactly as quantizing at load
+/// (`--quant`) does; both stay close to the float model (the first greedy token agrees).
+#[test]
+fn quantize_writes_a_checkpoint_that_answers_as_quant_at_load() {
+    let out_dir = tempdir("quantized");
+    let saved = out_dir.0.join("q8");
+    let out = idefics2(
+        &[
+            "quantize",
+            "--model",
+            &model("tiny-f32"),
+            "--quant",
+            "q8",
+            "--quant-group",
+            "16",
+            "--out",
+            &saved.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("linear layers as q8"));
+    let run = |model: &str, quant: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            ONE_IMAGE_PROMPT,
+            "--image",
+        ];
+        let picture = image("a.png");
+        args.push(&picture);
+        args.extend(["--max-new-tokens", "10", "--json"]);
+        args.extend(quant);
+        let lines = json_lines(&idefics2(&args, &[]));
+        ids(&lines[0], "generated_ids")
+    };
+    let at_load = run(
+        &model("tiny-f32"),
+        &["--quant", "q8", "--quant-group", "16"],
+    );
+    let from_saved = run(&saved.display().to_string(), &[]);
+    assert_eq!(from_saved, at_load);
+    assert_eq!(at_load.len(), 10);
+    let float = &reference("tiny-f32", "one_image")[0].1;
+    assert_eq!(at_load[0], float[0], "q8 {at_load:?} against f32 {float:?}");
+    // A saved quantized checkpoint cannot be quantized again at load.
+    let error = fails(
+        &[
+            "generate",
+            "--model",
+            &saved.display().to_string(),
+            "--prompt",
+            "Hi",
+            "--quant",
+            "q4",
+        ],
+        &[],
+    );
+    assert!(error.contains("quant"), "{error}");
+}
+
+/// `bench` measures the default model and reports its figures as JSON.
+#[test]
+fn bench_reports_speed_figures() {
+    let out = idefics2(
+        &[
+            "bench",
+            "--model",
+            &model("tiny-f32"),
+            "--image-size",
+            "64",
+            "--decode-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--splitting",
+            "off",
+            "--json",
+        ],
+        &[],
+    );
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["device"], "cpu f32");
+    assert!(report["weight_bytes"].as_u64().unwrap() > 0);
+    let settings = report["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 1);
+    assert_eq!(settings[0]["image_splitting"], false);
+    let fields = settings[0].as_object().unwrap();
+    let positive = fields
+        .iter()
+        .filter(|(_, v)| v.as_f64().is_some_and(|x| x > 0.0))
+        .count();
+    assert!(positive >= 3, "{fields:?}");
 }
 
 /// Lays out `models--org--tiny/{refs/main, snapshots/<commit>/...}` as the hub cache does.
@@ -544,4 +715,30 @@ fn interactive_chat_streams_answers_and_keeps_history() {
     );
     assert!(stderr.contains("unknown command /bogus"), "{stderr}");
     assert!(!stderr.contains("panicked"));
+}
+
+/// Without a Vulkan driver (the loader pointed at none) `--device gpu` is one clear error that
+/// names what to install, and the process ends: wgpu's OpenGL adapter is never taken.
+#[test]
+fn gpu_without_a_vulkan_driver_names_what_to_install() {
+    let no_driver = [
+        ("VK_ICD_FILENAMES", "/nonexistent/icd.json"),
+        ("VK_DRIVER_FILES", "/nonexistent/icd.json"),
+    ];
+    let error = fails(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-f32"),
+            "--prompt",
+            "Hi",
+            "--device",
+            "gpu",
+        ],
+        &no_driver,
+    );
+    assert!(
+        error.contains("no Vulkan adapter found") && error.contains("mesa-vulkan-drivers"),
+        "{error}"
+    );
 }

@@ -61,8 +61,11 @@ fn quant_matmul_kernels_match_the_reference() {
 
     // lavapipe shares the GEMV's x loads over its subgroups of 8 lanes (groups of 32): the cases
     // above ran that path. The plain loads, which GPUs and other CPU adapters run, are checked too.
+    // The f16 cases here and below run only where the adapter has shader-f16: on lavapipe (CI)
+    // they must run, so losing the feature fails instead of skipping them.
     if caps.adapter.starts_with("llvmpipe") {
         assert_eq!(caps.cpu_subgroup_size, Some(8), "{caps:?}");
+        assert!(caps.shader_f16, "lavapipe lost shader-f16: {caps:?}");
     }
     if caps.cpu_subgroup_size.is_some() {
         force_plain_loads(true);

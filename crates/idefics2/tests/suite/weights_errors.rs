@@ -2,7 +2,7 @@
 //! tensors, corrupt files, unsupported dtypes, missing files.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! adapter has it).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use super::common;
 
 use std::ops::ControlFlow;
 
@@ -211,13 +211,61 @@ fn cpu_f32_matches_reference() {
 fn wgpu_matches_reference() {
     let device = gpu();
     assert_f32(&parity(&device, DType::F32, "wgpu-f32"));
+    let caps = idefics2_kernels::WgpuCaps::of(&device).unwrap();
+    if caps.adapter.starts_with("llvmpipe") {
+        // CI runs on lavapipe: f16 must be covered there, not skipped.
+        assert!(
+            device.supports_dtype(DType::F16),
+            "lavapipe lost shader-f16"
+        );
+    }
     if device.supports_dtype(DType::F16) {
         let worst = parity(&device, DType::F16, "wgpu-f16");
-        assert_eq!(
-            worst.greedy_mismatches, 0,
-            "f16 greedy ids differ from the reference"
-        );
+        assert_f16(&worst);
     } else {
-        println!("wgpu-f16: adapter has no shader-f16, f16 not run");
+        println!("wgpu-f16: {} has no shader-f16, f16 not run", caps.adapter);
     }
+}
+
+/// f16 weights and activations against the f32 reference: about 1.5x the worst error each stage
+/// measured on lavapipe (printed as `wgpu-f16 worst`; 2026-12-06: vision 4.93e-3, connector and
+/// embeds 5.92e-3, hidden 8.86e-3, logits 0.254, logprobs 0.0203), so a real loss of precision
+/// fails.
+const F16_BOUNDS: [(&str, f64); 6] = [
+    ("vision", F16_VISION),
+    ("connector", F16_CONNECTOR),
+    ("embeds", F16_EMBEDS),
+    ("hidden", F16_HIDDEN),
+    ("logits", F16_LOGITS),
+    ("logprobs", F16_LOGPROBS),
+];
+const F16_VISION: f64 = 7.5e-3;
+const F16_CONNECTOR: f64 = 9e-3;
+const F16_EMBEDS: f64 = 9e-3;
+const F16_HIDDEN: f64 = 1.35e-2;
+const F16_LOGITS: f64 = 0.38;
+const F16_LOGPROBS: f64 = 0.03;
+
+fn assert_f16(worst: &StageErrors) {
+    let measured = [
+        worst.vision,
+        worst.connector,
+        worst.embeds,
+        worst.hidden,
+        worst.logits,
+        worst.logprobs,
+    ];
+    for ((stage, bound), err) in F16_BOUNDS.iter().zip(measured) {
+        println!("wgpu-f16 {stage}: {err:.3e} (bound {bound:.1e})");
+    }
+    for ((stage, bound), err) in F16_BOUNDS.iter().zip(measured) {
+        assert!(
+            err <= *bound,
+            "f16 {stage}: max abs error {err:e} > {bound:e}"
+        );
+    }
+    assert_eq!(
+        worst.greedy_mismatches, 0,
+        "f16 greedy ids differ from the reference"
+    );
 }

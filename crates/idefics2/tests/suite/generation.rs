@@ -2,7 +2,7 @@
 //! between steps, seeded sampling, option validation, context limits.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use super::common;
 
 use std::ops::ControlFlow;
 

@@ -4,7 +4,7 @@
 //! (wgpu) give what the plain-burn reference (CPU) gives.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use super::common;
 
 use std::ops::ControlFlow;
 
