@@ -18,6 +18,7 @@ while (( $# )); do
   shift
 done
 out_profile=$([[ $profile == dev ]] && echo debug || echo release)
+wasm_target=${IDEFICS2_WASM_TARGET_DIR:-target/wasm}
 
 if [[ ! -x /usr/bin/rustc || ! -x /usr/bin/wasm-ld-19 || ! -d /usr/lib/rustlib/src ]]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -36,12 +37,13 @@ fi
   # getrandom 0.3/0.4 (through burn) must be told to use the browser's crypto.getRandomValues.
   export RUSTFLAGS="${RUSTFLAGS:-} --cfg getrandom_backend=\"wasm_js\""
   # A target dir of its own: Debian's compiler would otherwise invalidate the native build.
-  export CARGO_TARGET_DIR=target/wasm
+  # .ci/run points it at a cache outside the clone (IDEFICS2_WASM_TARGET_DIR).
+  export CARGO_TARGET_DIR=$wasm_target
   /usr/bin/cargo build --profile "$profile" --target wasm32-unknown-unknown \
     -Zbuild-std=std,panic_abort -p idefics2-app --lib
 )
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
-  "target/wasm/wasm32-unknown-unknown/$out_profile/idefics2_app.wasm"
+  "$wasm_target/wasm32-unknown-unknown/$out_profile/idefics2_app.wasm"
 ls -l web/pkg/idefics2_app_bg.wasm
 if [[ -n "$serve" ]]; then
   echo "open http://127.0.0.1:$serve/web/index.html  (Ctrl-C stops the server)"
