@@ -56,6 +56,7 @@ fn answers(device: &Device, examples: &[Example]) -> Vec<String> {
     let pipeline = Pipeline::load(&model_dir, device, DType::F32).unwrap();
     let options = pipeline.generation_options(3);
     let mut answers = Vec::with_capacity(examples.len());
+    let start = std::time::Instant::now();
     for (chunk_index, chunk) in examples.chunks(BATCH).enumerate() {
         let requests: Vec<Request> = chunk
             .iter()
@@ -79,6 +80,19 @@ fn answers(device: &Device, examples: &[Example]) -> Vec<String> {
         for tokens in &out.tokens {
             answers.push(pipeline.decode(tokens).unwrap().trim().to_string());
         }
+        // Where the time goes on lavapipe (the first batch of each padded shape compiles and
+        // autotunes its kernels).
+        println!(
+            "shapes {} batch {chunk_index:>2}: pixels {:?}, prompt {} tokens, {:.1} s",
+            if idefics2_kernels::WgpuCaps::of(device).is_some() {
+                "wgpu"
+            } else {
+                "cpu"
+            },
+            input.pixels.as_ref().map(|p| p.shape),
+            input.seq,
+            start.elapsed().as_secs_f64()
+        );
     }
     answers
 }
