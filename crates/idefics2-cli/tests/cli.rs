@@ -144,21 +144,7 @@ fn streaming_prints_the_text_and_a_summary() {
         &[],
     );
     assert!(out.status.success());
-    let json = json_lines(&idefics2(
-        &[
-            "generate",
-            "--model",
-            &model("tiny-f32"),
-            "--prompt",
-            ONE_IMAGE_PROMPT,
-            "--image",
-            &image("a.png"),
-            "--max-new-tokens",
-            "10",
-            "--json",
-        ],
-        &[],
-    ));
+    let json = json_lines(&one_image_json(&model("tiny-f32"), &[]));
     let streamed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         streamed.trim_end_matches('\n'),
@@ -238,25 +224,28 @@ fn a_batch_runs_left_padded_and_prints_one_line_per_request() {
     }
 }
 
+/// `generate --json` of the one-image prompt on `model` (10 new tokens), with `extra` flags.
+fn one_image_json(model_dir: &str, extra: &[&str]) -> Output {
+    let picture = image("a.png");
+    let mut args = vec![
+        "generate",
+        "--model",
+        model_dir,
+        "--prompt",
+        ONE_IMAGE_PROMPT,
+        "--image",
+        &picture,
+        "--max-new-tokens",
+        "10",
+        "--json",
+    ];
+    args.extend(extra);
+    idefics2(&args, &[])
+}
+
 #[test]
 fn gpu_matches_the_reference() {
-    let out = idefics2(
-        &[
-            "generate",
-            "--model",
-            &model("tiny-f32"),
-            "--prompt",
-            ONE_IMAGE_PROMPT,
-            "--image",
-            &image("a.png"),
-            "--max-new-tokens",
-            "10",
-            "--json",
-            "--device",
-            "gpu",
-        ],
-        &[],
-    );
+    let out = one_image_json(&model("tiny-f32"), &["--device", "gpu"]);
     let lines = json_lines(&out);
     assert_matches_reference(&lines[0], &reference("tiny-f32", "one_image")[0]);
     assert_eq!(lines[0]["device"], "gpu f32");
@@ -268,25 +257,7 @@ fn gpu_matches_the_reference() {
     );
 
     // f16 weights and activations: the same greedy ids on this checkpoint.
-    let out = idefics2(
-        &[
-            "generate",
-            "--model",
-            &model("tiny-f32"),
-            "--prompt",
-            ONE_IMAGE_PROMPT,
-            "--image",
-            &image("a.png"),
-            "--max-new-tokens",
-            "10",
-            "--json",
-            "--device",
-            "gpu",
-            "--dtype",
-            "f16",
-        ],
-        &[],
-    );
+    let out = one_image_json(&model("tiny-f32"), &["--device", "gpu", "--dtype", "f16"]);
     let lines = json_lines(&out);
     assert_matches_reference(&lines[0], &reference("tiny-f32", "one_image")[0]);
     assert_eq!(lines[0]["device"], "gpu f16");
@@ -359,19 +330,7 @@ fn quantize_writes_a_checkpoint_that_answers_as_quant_at_load() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("linear layers as q8"));
     let run = |model: &str, quant: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            ONE_IMAGE_PROMPT,
-            "--image",
-        ];
-        let picture = image("a.png");
-        args.push(&picture);
-        args.extend(["--max-new-tokens", "10", "--json"]);
-        args.extend(quant);
-        let lines = json_lines(&idefics2(&args, &[]));
+        let lines = json_lines(&one_image_json(model, quant));
         ids(&lines[0], "generated_ids")
     };
     let at_load = run(
@@ -689,21 +648,7 @@ fn interactive_chat_streams_answers_and_keeps_history() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     // The first answer is the reference's greedy continuation of the same chat.
-    let json = json_lines(&idefics2(
-        &[
-            "generate",
-            "--model",
-            &model("tiny-f32"),
-            "--prompt",
-            ONE_IMAGE_PROMPT,
-            "--image",
-            &image("a.png"),
-            "--max-new-tokens",
-            "10",
-            "--json",
-        ],
-        &[],
-    ));
+    let json = json_lines(&one_image_json(&model("tiny-f32"), &[]));
     let first = json[0]["text"].as_str().unwrap();
     assert!(stdout.contains(first), "stdout {stdout:?} lacks {first:?}");
     // Two answers were produced (the second turn sees the history), errors kept the session alive.
