@@ -33,15 +33,18 @@ impl std::fmt::Display for GpuAdapter {
 }
 
 #[cfg(not(target_family = "wasm"))]
-static CHOSEN_ADAPTER: std::sync::Mutex<Option<GpuAdapter>> = std::sync::Mutex::new(None);
+static PRIMARY: std::sync::OnceLock<std::result::Result<(usize, GpuAdapter), String>> =
+    std::sync::OnceLock::new();
 
-/// The adapter [`init_device`] chose for [`DeviceChoice::Gpu`] in this process, if it did.
+/// The adapter GPU devices of this process are brought up on, once [`init_device`] (or
+/// [`init_gpu_with_setup`]) has looked for one.
 #[cfg(not(target_family = "wasm"))]
 pub fn chosen_adapter() -> Option<GpuAdapter> {
-    CHOSEN_ADAPTER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+    PRIMARY
+        .get()?
+        .as_ref()
+        .ok()
+        .map(|(_, adapter)| adapter.clone())
 }
 
 /// Initialises the device. A missing GPU adapter is an error, never a silent CPU fallback.
@@ -76,9 +79,6 @@ pub fn init_gpu_with_setup() -> Result<(Device, burn::tensor::wgpu::WgpuSetup)> 
         .graphics_api(api)
         .init_with_setup()
         .map_err(|e| Error::Device(format!("{adapter}: {e}")))?;
-    *CHOSEN_ADAPTER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(adapter);
     Ok((device, setup))
 }
 
@@ -89,10 +89,8 @@ pub fn init_gpu_with_setup() -> Result<(Device, burn::tensor::wgpu::WgpuSetup)> 
 #[cfg(not(target_family = "wasm"))]
 fn primary_adapter() -> Result<(burn::tensor::wgpu::WgpuBackend, GpuAdapter)> {
     use burn::tensor::wgpu::WgpuBackend;
-    static FOUND: std::sync::OnceLock<std::result::Result<(usize, GpuAdapter), String>> =
-        std::sync::OnceLock::new();
     let apis = [WgpuBackend::Vulkan, WgpuBackend::Metal, WgpuBackend::Dx12];
-    match FOUND.get_or_init(probe_primary_backends) {
+    match PRIMARY.get_or_init(probe_primary_backends) {
         Ok((index, adapter)) => Ok((apis[*index], adapter.clone())),
         Err(message) => Err(Error::Device(message.clone())),
     }
