@@ -16,6 +16,7 @@
 mod attention;
 mod caps;
 mod copy;
+pub mod cpu_quant_matmul;
 mod error;
 pub mod figures;
 mod forced;
@@ -41,4 +42,7 @@ pub use quant_matmul::{
 };
 pub use quantize::{PackedWeight, f16_scale, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};
-pub use weight::{QuantizedWeight, force_f32_scales, padded_n_out, upload};
+pub use weight::{
+    QuantizedWeight, WeightStorage, WeightTensors, force_f32_scales, force_tensor_weights,
+    padded_n_out, upload,
+};

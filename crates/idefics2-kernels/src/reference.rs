@@ -10,8 +10,9 @@ use crate::weight::{BLOCK_COLS, QuantizedWeight, padded_n_out};
 /// The f32 weight `[n_out, k_in]` that `w` stands for.
 pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
     let n_out = w.n_out;
+    let tensors = w.tensors();
     let words_per_row = w.format.words_per_row(w.k_in);
-    let words = unblock(w.words.clone(), words_per_row, n_out); // [n_out, words_per_row]
+    let words = unblock(tensors.words, words_per_row, n_out); // [n_out, words_per_row]
     let (bits, per_word, group) = (
         w.format.bits(),
         w.format.values_per_word(),
@@ -40,10 +41,10 @@ pub fn dequantize_reference(w: &QuantizedWeight) -> Tensor<2> {
         QuantFormat::Q4 { .. } => codes,
     };
     let mut values = codes.float(); // [n_out, groups, group]
-    if let Some(zeros) = &w.zeros {
+    if let Some(zeros) = &tensors.zeros {
         values = values - per_group(zeros);
     }
-    let values = values * per_group(&w.scales);
+    let values = values * per_group(&tensors.scales);
     values
         .reshape([n_out, groups * group]) // [n_out, k_padded]
         .slice([0..n_out, 0..w.k_in]) // [n_out, k_in]

@@ -1,5 +1,7 @@
 //! A quantized weight on a device: the packed words, scales and zero points as burn tensors.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::caps::WgpuCaps;
@@ -8,19 +10,40 @@ use crate::forced::Forced;
 use crate::format::QuantFormat;
 use crate::quantize::PackedWeight;
 
-/// A quantized `[n_out, k_in]` weight on a device: the tensors of [`PackedWeight`] transposed in
-/// blocks of [`BLOCK_COLS`] output columns, with `n_out` padded to `n_pad` (a multiple of
-/// [`BLOCK_COLS`], see [`padded_n_out`]). Block `b` holds the words (or scales) of columns
-/// `128 b .. 128 b + 128` as `[words_per_row, 128]`, one block after the other: neighbouring
-/// threads (neighbouring columns) read neighbouring words, as GPUs want, and the 8 lanes of a CPU
-/// adapter's SIMD batch, 16 columns each, read one contiguous stream down K instead of 512 bytes
-/// from every 57 KiB row of a plain transpose (1.5x faster on lavapipe). Padding columns hold
-/// zeros.
+/// A quantized `[n_out, k_in]` weight on a device: on wgpu devices the tensors of
+/// [`PackedWeight`] in the kernels' layout ([`WeightTensors`]), on the CPU device the packed codes
+/// in host memory as they are, read by [`crate::cpu_quant_matmul`].
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
     pub format: QuantFormat,
     pub n_out: usize,
     pub k_in: usize,
+    pub storage: WeightStorage,
+}
+
+/// Where a [`QuantizedWeight`] keeps its codes.
+// A few hundred of these exist per model; boxing the tensors would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum WeightStorage {
+    /// Device tensors (wgpu; on the CPU device only when tests force the plain-burn oracle).
+    Tensors(WeightTensors),
+    /// Host memory, for the CPU device.
+    Host {
+        packed: Arc<PackedWeight>,
+        device: Device,
+    },
+}
+
+/// The tensors of [`PackedWeight`] transposed in blocks of [`BLOCK_COLS`] output columns, with
+/// `n_out` padded to `n_pad` (a multiple of [`BLOCK_COLS`], see [`padded_n_out`]). Block `b` holds
+/// the words (or scales) of columns `128 b .. 128 b + 128` as `[words_per_row, 128]`, one block
+/// after the other: neighbouring threads (neighbouring columns) read neighbouring words, as GPUs
+/// want, and the 8 lanes of a CPU adapter's SIMD batch, 16 columns each, read one contiguous
+/// stream down K instead of 512 bytes from every 57 KiB row of a plain transpose (1.5x faster on
+/// lavapipe). Padding columns hold zeros.
+#[derive(Debug, Clone)]
+pub struct WeightTensors {
     /// `[n_pad / 128 * words_per_row, 128]` packed codes (blocks of `[words_per_row, 128]`;
     /// column `n % 128` of block `n / 128` holds output row `n`'s words): the u32 words' bit
     /// patterns in an i32 tensor.
@@ -37,21 +60,59 @@ impl QuantizedWeight {
     /// Bytes the weight takes on its device: packed words, scales and zero points (the padding
     /// columns included).
     pub fn device_bytes(&self) -> usize {
-        let bytes = |t: &Tensor<2>| t.shape().num_elements() * t.dtype().size();
-        self.words.shape().num_elements() * 4
-            + bytes(&self.scales)
-            + self.zeros.as_ref().map_or(0, bytes)
+        match &self.storage {
+            WeightStorage::Tensors(t) => {
+                let bytes = |t: &Tensor<2>| t.shape().num_elements() * t.dtype().size();
+                t.words.shape().num_elements() * 4
+                    + bytes(&t.scales)
+                    + t.zeros.as_ref().map_or(0, bytes)
+            }
+            WeightStorage::Host { packed, .. } => {
+                4 * (packed.words.len() + packed.scales.len() + packed.zeros.len())
+            }
+        }
+    }
+
+    /// The device the weight serves.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            WeightStorage::Tensors(t) => t.scales.device(),
+            WeightStorage::Host { device, .. } => device.clone(),
+        }
+    }
+
+    /// The weight as device tensors: its own, or made from the host codes (for the plain-burn
+    /// reference).
+    pub fn tensors(&self) -> WeightTensors {
+        match &self.storage {
+            WeightStorage::Tensors(t) => t.clone(),
+            WeightStorage::Host { packed, device } => block_tensors(packed, device, DType::F32),
+        }
     }
 }
 
-/// Uploads `packed` to `device`, transposing its tensors in column blocks on the way (see
-/// [`QuantizedWeight`]). On a wgpu device every tensor must fit one storage binding; scales and
+/// Uploads `packed` to `device`. On a wgpu device its tensors are transposed in column blocks on
+/// the way (see [`WeightTensors`]), every tensor must fit one storage binding, and scales and
 /// zero points go up as f16 where the device has `shader-f16` (half the bytes the kernels read
-/// beside the codes).
+/// beside the codes). On the CPU device the packed codes stay as they are, in host memory.
 pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
     let (n_out, k_in, format) = (packed.n_out, packed.k_in, packed.format);
-    let groups = packed.groups_per_row();
     let caps = WgpuCaps::of(device);
+    if caps.is_none()
+        && crate::cpu_quant_matmul::is_cpu_device(device)
+        && FORCED_TENSORS.get().is_none()
+    {
+        return Ok(QuantizedWeight {
+            format,
+            n_out,
+            k_in,
+            storage: WeightStorage::Host {
+                packed: Arc::new(packed.clone()),
+                device: device.clone(),
+            },
+        });
+    }
+    let groups = packed.groups_per_row();
     let scale_dtype =
         if caps.as_ref().is_some_and(|c| c.shader_f16) && FORCED_F32_SCALES.get().is_none() {
             DType::F16
@@ -78,6 +139,19 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
             }
         }
     }
+    Ok(QuantizedWeight {
+        format,
+        n_out,
+        k_in,
+        storage: WeightStorage::Tensors(block_tensors(packed, device, scale_dtype)),
+    })
+}
+
+/// The device tensors of `packed` (see [`WeightTensors`]), scales and zero points in
+/// `scale_dtype`.
+fn block_tensors(packed: &PackedWeight, device: &Device, scale_dtype: DType) -> WeightTensors {
+    let (n_out, format) = (packed.n_out, packed.format);
+    let groups = packed.groups_per_row();
     let words_per_row = packed.words_per_row();
     let n_pad = padded_n_out(n_out);
     let blocks = n_pad / BLOCK_COLS;
@@ -100,14 +174,21 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
         };
         Tensor::<2>::from_data(data, (device, scale_dtype))
     };
-    Ok(QuantizedWeight {
-        format,
-        n_out,
-        k_in,
+    WeightTensors {
         words,
         scales: per_group(&packed.scales),
         zeros: format.has_zero_point().then(|| per_group(&packed.zeros)),
-    })
+    }
+}
+
+/// Set when tests make the CPU device keep quantized weights as tensors (the plain-burn oracle).
+static FORCED_TENSORS: Forced = Forced::new();
+
+/// Makes [`upload`] give the CPU device block tensors (`true`), read by the plain-burn reference,
+/// or back to host codes (`false`): lets tests compare the CPU matmul with the oracle end to end.
+#[doc(hidden)]
+pub fn force_tensor_weights(tensors: bool) {
+    FORCED_TENSORS.set(tensors.then_some(1));
 }
 
 /// Set when tests force f32 scales on an adapter with shader-f16.

@@ -94,7 +94,7 @@ fn formats_match(gpu: &Device, cpu: &Device, rng: &mut Rng, rows: &[usize]) {
                 let packed = quantize(&weight, n, k, format).expect("valid format");
                 let w_gpu = upload(&packed, gpu).expect("upload");
                 let w_cpu = upload(&packed, cpu).expect("upload");
-                scale_dtype = Some(w_gpu.scales.dtype());
+                scale_dtype = Some(w_gpu.tensors().scales.dtype());
                 for &m in rows {
                     let x = rng.values(m * k, 1.0);
                     let data = TensorData::new(x, [m, k]);

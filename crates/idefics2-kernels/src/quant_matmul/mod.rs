@@ -13,15 +13,18 @@ use burn::backend::Dispatch;
 use burn::tensor::{DType, Tensor};
 
 use crate::caps::WgpuCaps;
+use crate::cpu_quant_matmul::cpu_quant_matmul;
 use crate::format::QuantFormat;
 use crate::reference::quant_matmul_reference;
-use crate::weight::QuantizedWeight;
+use crate::weight::{QuantizedWeight, WeightStorage};
 
 /// `x @ dequantize(w)^T` over the last dimension of `x`; the result has the dtype of `x`.
 ///
 /// On a wgpu device whose runtime takes WGSL the hand-written kernels run (GEMV for up to
-/// [`GEMV_MAX_ROWS`] rows, tiled GEMM beyond on GPUs, blocks of GEMV rows on CPU adapters) in f32, `x` cast on the way in and back out; on
-/// any other device, the plain-burn [`quant_matmul_reference`].
+/// [`GEMV_MAX_ROWS`] rows, tiled GEMM beyond on GPUs, blocks of GEMV rows on CPU adapters) in
+/// f32, `x` cast on the way in and back out; on the CPU device [`cpu_quant_matmul`] reads the
+/// host codes; weights kept as tensors elsewhere go through the plain-burn
+/// [`quant_matmul_reference`].
 ///
 /// # Shapes
 /// - `x`: `[..., k_in]` (e.g. `[batch, seq, hidden]`)
@@ -41,6 +44,9 @@ pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantizedWeight) -> Tensor
     let out = if uses_kernels(&x, w) {
         let dtype = x.dtype();
         quant_matmul_kernel(x.cast(DType::F32), w).cast(dtype)
+    } else if let WeightStorage::Host { packed, .. } = &w.storage {
+        let dtype = x.dtype();
+        cpu_quant_matmul(x.cast(DType::F32), packed).cast(dtype)
     } else {
         quant_matmul_reference(x, w)
     }; // [rows, n_out]
@@ -50,20 +56,24 @@ pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantizedWeight) -> Tensor
 /// Whether [`quant_matmul`] runs the WGSL kernels for these operands.
 pub fn uses_kernels(x: &Tensor<2>, w: &QuantizedWeight) -> bool {
     let device = x.device();
+    let WeightStorage::Tensors(tensors) = &w.storage else {
+        return false;
+    };
     !device.is_autodiff()
-        && w.scales.device() == device
+        && tensors.scales.device() == device
         && WgpuCaps::device_runs_quant_kernels(&device)
 }
 
 /// The WGSL kernels alone, without the routing of [`quant_matmul`]: `x [m, k_in]` f32 on a wgpu
 /// device. Panics elsewhere.
 pub fn quant_matmul_kernel(x: Tensor<2>, w: &QuantizedWeight) -> Tensor<2> {
+    let tensors = w.tensors();
     let (x, words, scales) = (
         x.into_dispatch(),
-        w.words.clone().into_dispatch(),
-        w.scales.clone().into_dispatch(),
+        tensors.words.into_dispatch(),
+        tensors.scales.into_dispatch(),
     );
-    let out = match (w.format, &w.zeros) {
+    let out = match (w.format, &tensors.zeros) {
         (QuantFormat::Q8 { group }, _) => {
             Dispatch::quant_matmul_q8(x, words, scales, w.n_out, w.k_in, group)
         }

@@ -94,8 +94,9 @@ fn load(checkpoint: &str, device: &Device, format: QuantFormat) -> Idefics2 {
     Idefics2::load_quantized(&dir, device, DType::F32, QuantPolicy::new(Some(format))).unwrap()
 }
 
-/// Everything on the CPU device (the plain-burn reference path), then the same on wgpu (the
-/// WGSL kernels) compared with it: one test so the GPU shapes compile once.
+/// Everything on the CPU device (its quantized matmul, checked against the plain-burn oracle),
+/// then the same on wgpu (the WGSL kernels) compared with it: one test so the GPU shapes compile
+/// once.
 #[test]
 fn quantized_models_match_the_reference() {
     let cpu = init_device(DeviceChoice::Cpu).unwrap();
@@ -122,6 +123,24 @@ fn quantized_models_match_the_reference() {
         // Measured on these random fixtures: q8 1.5e-2, q4 2.5e-1 (tiny-f32).
         assert!(q8_error < 0.03, "{checkpoint}: q8 logit error {q8_error}");
         assert!(q4_error < 0.4, "{checkpoint}: q4 logit error {q4_error}");
+
+        // The CPU device's matmul (reading the host codes) gives what the plain-burn oracle gives
+        // on the same weights kept as tensors.
+        idefics2_kernels::force_tensor_weights(true);
+        let q8_oracle = load(checkpoint, &cpu, QuantFormat::Q8_32);
+        let q4_oracle = load(checkpoint, &cpu, QuantFormat::Q4_32);
+        idefics2_kernels::force_tensor_weights(false);
+        for case_name in CASES {
+            for (label, fast, oracle) in [("q8", &q8, &q8_oracle), ("q4", &q4, &q4_oracle)] {
+                let a = last_logits(oracle, case_name, checkpoint);
+                let b = last_logits(fast, case_name, checkpoint);
+                let diff = max_abs_diff("cpu matmul vs plain burn", &b, &a);
+                println!(
+                    "{checkpoint}/{case_name}: {label} cpu matmul vs plain-burn logits max diff {diff:.2e}"
+                );
+                assert!(diff < 1e-4, "{checkpoint}/{case_name} {label}: {diff}");
+            }
+        }
 
         // The kernels on wgpu give what the reference gives on the CPU.
         let q4_gpu = load(checkpoint, &gpu, QuantFormat::Q4_32);

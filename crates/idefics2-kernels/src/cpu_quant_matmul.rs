@@ -1,0 +1,278 @@
+//! The quantized matmul of the CPU device, reading the packed codes in host memory.
+//!
+//! The plain-burn reference turns the whole weight back into f32 tensors at every call (a dozen
+//! elementwise passes over it), which made a decode step of the 8B take minutes. Here:
+//! - up to [`CPU_GEMV_MAX_ROWS`] rows (decode): each output row's codes are read once, a group at
+//!   a time, turned into `q - zero` and dotted with every row of `x`, then scaled; rayon spreads
+//!   blocks of output rows over the cores;
+//! - more rows (prefill): the weight is dequantized into f32 (in parallel, one pass) and burn's
+//!   matmul (the `gemm` crate on the CPU device) multiplies, since the work is then compute-bound.
+//!
+//! The loops are plain Rust that the compiler vectorizes; on x86-64 they are also compiled for
+//! AVX2 (8 lanes, variable shifts for the nibbles) and that copy runs where the CPU has it (the
+//! baseline is SSE2). The plain-burn [`crate::quant_matmul_reference`] stays the oracle the tests
+//! compare with.
+
+use burn::backend::DispatchDevice;
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::format::QuantFormat;
+use crate::quantize::PackedWeight;
+
+/// Rows of `x` up to which the codes are read directly; above, the weight is dequantized once and
+/// multiplied by burn's matmul.
+pub const CPU_GEMV_MAX_ROWS: usize = 8;
+
+/// Output rows of the weight per rayon task.
+const ROWS_PER_TASK: usize = 16;
+
+/// Whether `device` is burn's CPU device (Flex), whose quantized weights live in host memory.
+pub fn is_cpu_device(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// `x [rows, k_in] @ W^T -> [rows, n_out]` in f32 on `x`'s device (the CPU device).
+pub fn cpu_quant_matmul(x: Tensor<2>, w: &PackedWeight) -> Tensor<2> {
+    let [rows, k_in] = x.dims();
+    assert_eq!(k_in, w.k_in, "x has {k_in} features, the weight {}", w.k_in);
+    let device = x.device();
+    if rows > CPU_GEMV_MAX_ROWS {
+        let weight = Tensor::<2>::from_data(
+            TensorData::new(dequantize_parallel(w), [w.n_out, w.k_in]),
+            &device,
+        );
+        return x.matmul(weight.transpose());
+    }
+    let values = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32 just above");
+    let out = quant_gemv(&values, rows, w);
+    Tensor::from_data(TensorData::new(out, [rows, w.n_out]), &device)
+}
+
+/// `x [rows, k_in] @ W^T -> [rows, n_out]` on the host, reading the codes directly.
+pub fn quant_gemv(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
+    let (k_in, group, groups) = (w.k_in, w.format.group(), w.groups_per_row());
+    assert_eq!(
+        x.len(),
+        rows * k_in,
+        "x holds {} values, not {rows} x {k_in}",
+        x.len()
+    );
+    // x padded to whole groups: the padding codes of the last group meet zeros.
+    let k_pad = groups * group;
+    let mut xp = vec![0f32; rows * k_pad];
+    for m in 0..rows {
+        xp[m * k_pad..m * k_pad + k_in].copy_from_slice(&x[m * k_in..(m + 1) * k_in]);
+    }
+    // Per task: its output rows, each with its `rows` results ([n_out, rows] overall).
+    let mut out_t = vec![0f32; w.n_out * rows];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
+        .enumerate()
+        .for_each(|(task, out)| {
+            gemv_task(GemvTask {
+                w,
+                xp: &xp,
+                rows,
+                first: task * ROWS_PER_TASK,
+                out,
+            })
+        });
+    let mut out = vec![0f32; rows * w.n_out];
+    for n in 0..w.n_out {
+        for m in 0..rows {
+            out[m * w.n_out + n] = out_t[n * rows + m];
+        }
+    }
+    out
+}
+
+/// The f32 weight `[n_out, k_in]`, dequantized by rayon tasks of [`ROWS_PER_TASK`] rows.
+pub fn dequantize_parallel(w: &PackedWeight) -> Vec<f32> {
+    let (k_in, group, groups) = (w.k_in, w.format.group(), w.groups_per_row());
+    let words_per_group = group / w.format.values_per_word();
+    let mut out = vec![0f32; w.n_out * k_in];
+    out.par_chunks_mut(ROWS_PER_TASK * k_in)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let mut values = vec![0f32; group];
+            for (i, row_out) in out.chunks_mut(k_in).enumerate() {
+                let n = task * ROWS_PER_TASK + i;
+                let words = &w.words[n * w.words_per_row()..(n + 1) * w.words_per_row()];
+                for g in 0..groups {
+                    let zero = w.zeros.get(n * groups + g).copied().unwrap_or(0.0);
+                    let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
+                    decode_group(w.format, group_words, zero, &mut values);
+                    let scale = w.scales[n * groups + g];
+                    let start = g * group;
+                    let end = (start + group).min(k_in);
+                    for (o, v) in row_out[start..end].iter_mut().zip(&values) {
+                        *o = v * scale;
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Runs `task` compiled for AVX2 where the CPU has it, else for the baseline.
+fn gemv_task(task: GemvTask<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above; the function needs nothing else.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemv_task_avx2(task)
+        };
+        return;
+    }
+    gemv_task_body(task);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gemv_task_avx2(task: GemvTask<'_>) {
+    gemv_task_body(task);
+}
+
+/// One rayon task of [`quant_gemv`]: output rows `first..` of the weight, for every row of `x`.
+struct GemvTask<'a> {
+    w: &'a PackedWeight,
+    xp: &'a [f32],
+    rows: usize,
+    first: usize,
+    /// `[outputs of this task, rows]`.
+    out: &'a mut [f32],
+}
+
+/// The work of [`gemv_task`], inlined into each instruction-set copy.
+#[inline(always)]
+fn gemv_task_body(task: GemvTask<'_>) {
+    {
+        let GemvTask {
+            w,
+            xp,
+            rows,
+            first,
+            out,
+        } = task;
+        let (group, groups) = (w.format.group(), w.groups_per_row());
+        let k_pad = groups * group;
+        let words_per_row = w.words_per_row();
+        let words_per_group = group / w.format.values_per_word();
+        let mut values = vec![0f32; group];
+        let mut acc = [0f32; CPU_GEMV_MAX_ROWS];
+        for (i, out) in out.chunks_mut(rows).enumerate() {
+            let n = first + i;
+            let words = &w.words[n * words_per_row..(n + 1) * words_per_row];
+            acc[..rows].fill(0.0);
+            for g in 0..groups {
+                let zero = w.zeros.get(n * groups + g).copied().unwrap_or(0.0);
+                let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
+                decode_group(w.format, group_words, zero, &mut values);
+                let scale = w.scales[n * groups + g];
+                for (m, acc) in acc[..rows].iter_mut().enumerate() {
+                    let x = &xp[m * k_pad + g * group..m * k_pad + (g + 1) * group];
+                    *acc += scale * dot(&values, x);
+                }
+            }
+            out.copy_from_slice(&acc[..rows]);
+        }
+    }
+}
+
+/// The codes of one group as `q - zero` (Q4) or `q` (Q8), exact small integers in f32.
+#[inline(always)]
+fn decode_group(format: QuantFormat, words: &[u32], zero: f32, values: &mut [f32]) {
+    match format {
+        QuantFormat::Q4 { .. } => {
+            for (word, values) in words.iter().zip(values.chunks_exact_mut(8)) {
+                for (j, v) in values.iter_mut().enumerate() {
+                    *v = ((word >> (4 * j)) & 0xF) as f32 - zero;
+                }
+            }
+        }
+        QuantFormat::Q8 { .. } => {
+            for (word, values) in words.iter().zip(values.chunks_exact_mut(4)) {
+                for (j, v) in values.iter_mut().enumerate() {
+                    *v = f32::from((word >> (8 * j)) as u8 as i8);
+                }
+            }
+        }
+    }
+}
+
+/// `sum(a * b)` in 8 independent lanes (a float sum in one chain would not vectorize).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
+    for (a, b) in a8.zip(b8) {
+        for j in 0..8 {
+            lanes[j] += a[j] * b[j];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (a, b) in a_rest.iter().zip(b_rest) {
+        sum += a * b;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::quantize;
+
+    /// `x @ W^T` in f64 from the dequantized weight.
+    fn naive(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f64> {
+        let weight = w.dequantize();
+        let mut out = vec![0f64; rows * w.n_out];
+        for m in 0..rows {
+            for n in 0..w.n_out {
+                out[m * w.n_out + n] = (0..w.k_in)
+                    .map(|k| f64::from(x[m * w.k_in + k]) * f64::from(weight[n * w.k_in + k]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gemv_and_dequantize_match_the_dequantized_weight_on_odd_shapes() {
+        let mut state = 0x1234_5678u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as f32 / u32::MAX as f32 - 0.5
+        };
+        for format in [
+            QuantFormat::Q4_32,
+            QuantFormat::Q8_32,
+            QuantFormat::Q4 { group: 128 },
+            QuantFormat::Q8 { group: 12 },
+        ] {
+            for (n_out, k_in) in [(1, 1), (17, 45), (40, 300), (33, 128)] {
+                let weight: Vec<f32> = (0..n_out * k_in).map(|_| next()).collect();
+                let w = quantize(&weight, n_out, k_in, format).expect("valid");
+                assert_eq!(dequantize_parallel(&w), w.dequantize(), "{format:?}");
+                for rows in [1, 3, CPU_GEMV_MAX_ROWS] {
+                    let x: Vec<f32> = (0..rows * k_in).map(|_| next()).collect();
+                    let got = quant_gemv(&x, rows, &w);
+                    for (i, (g, e)) in got.iter().zip(naive(&x, rows, &w)).enumerate() {
+                        assert!(
+                            (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                            "{format:?} {n_out}x{k_in} rows {rows} at {i}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
