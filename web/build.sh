@@ -2,7 +2,7 @@
 # Builds the browser app: crates/idefics2-app for wasm32-unknown-unknown with Debian's rustc-web
 # (rustup has no wasm target here; build-std, wasm-ld-19), then wasm-bindgen into web/pkg/.
 # Installs its Debian packages and wasm-bindgen-cli (the version in Cargo.lock) when missing.
-# Usage: web/build.sh [--debug] [--serve [PORT]]
+# Usage: web/build.sh [--debug | --profile NAME] [--serve [PORT]]
 #   --serve: then serve the repository root on 127.0.0.1 (default port 8080) and print the page's
 #   URL (the page loads the demo model from assets/ next to it).
 set -euo pipefail
@@ -12,12 +12,13 @@ serve=""
 while (( $# )); do
   case "$1" in
     --debug) profile=dev ;;
+    --profile) profile=$2; shift ;;
     --serve) serve=8080; [[ "${2:-}" =~ ^[0-9]+$ ]] && { serve=$2; shift; } ;;
-    *) echo "usage: web/build.sh [--debug] [--serve [PORT]]" >&2; exit 2 ;;
+    *) echo "usage: web/build.sh [--debug | --profile NAME] [--serve [PORT]]" >&2; exit 2 ;;
   esac
   shift
 done
-out_profile=$([[ $profile == dev ]] && echo debug || echo release)
+out_profile=$([[ $profile == dev ]] && echo debug || echo "$profile")
 wasm_target=${IDEFICS2_WASM_TARGET_DIR:-target/wasm}
 
 if [[ ! -x /usr/bin/rustc || ! -x /usr/bin/wasm-ld-19 || ! -d /usr/lib/rustlib/src ]]; then

@@ -22,11 +22,16 @@ pub struct Gpu {
     pub device: Device,
     /// "adapter name (backend)".
     pub label: String,
+    /// A CPU adapter (lavapipe, SwiftShader, WARP) rather than a GPU.
+    pub software: bool,
 }
 
 /// What the app was started with.
 pub struct Startup {
     pub gpu: Option<Gpu>,
+    /// The device the model runs on; `None`: the GPU when it is a real one, else the CPU (a
+    /// CPU adapter such as lavapipe is slower than the CPU device at the model's work).
+    pub device: Option<DeviceKind>,
     /// The model opened first (the embedded demo model unless told otherwise).
     pub model: Option<ModelSource>,
     pub script: Option<Script>,
@@ -106,9 +111,12 @@ impl ChatApp {
             files_rx,
             pasted: 0,
         };
-        if app.gpu.is_none() {
-            app.settings.device = DeviceKind::Cpu;
-        }
+        app.settings.device = match (startup.device, &app.gpu) {
+            (_, None) => DeviceKind::Cpu,
+            (Some(device), _) => device,
+            (None, Some(gpu)) if gpu.software => DeviceKind::Cpu,
+            (None, Some(_)) => DeviceKind::Gpu,
+        };
         if let Some(source) = startup.model {
             app.load(source);
         }

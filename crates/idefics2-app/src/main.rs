@@ -7,6 +7,7 @@ use clap::Parser;
 use eframe::egui_wgpu::{WgpuSetup, WgpuSetupExisting};
 use idefics2_app::engine::ModelSource;
 use idefics2_app::script::Script;
+use idefics2_app::settings::DeviceKind;
 use idefics2_app::{ChatApp, Gpu, Startup, adapter_label};
 
 #[derive(Parser, Debug)]
@@ -31,9 +32,21 @@ struct Args {
     /// Scripted session: close the window when done.
     #[arg(long)]
     exit: bool,
+    /// Where the model runs (the window always draws with the GPU adapter): auto picks the GPU
+    /// when it is a real one, else the CPU device.
+    #[arg(long, value_enum, default_value = "auto", env = "IDEFICS2_DEVICE")]
+    device: DeviceFlag,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceFlag {
+    Auto,
+    Cpu,
+    Gpu,
 }
 
 fn main() -> ExitCode {
+    idefics2::quiet_headless_wayland();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -52,7 +65,14 @@ fn main() -> ExitCode {
     let (gpu, setup) = match idefics2::init_gpu_with_setup() {
         Ok((device, setup)) => {
             let label = adapter_label(&setup.adapter);
-            (Some(Gpu { device, label }), Some(setup))
+            let software =
+                setup.adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+            let gpu = Gpu {
+                device,
+                label,
+                software,
+            };
+            (Some(gpu), Some(setup))
         }
         Err(e) => {
             eprintln!("error: no usable GPU adapter for the window: {e}");
@@ -87,6 +107,11 @@ fn main() -> ExitCode {
     };
     let startup = Startup {
         gpu,
+        device: match args.device {
+            DeviceFlag::Auto => None,
+            DeviceFlag::Cpu => Some(DeviceKind::Cpu),
+            DeviceFlag::Gpu => Some(DeviceKind::Gpu),
+        },
         model: Some(ModelSource::Dir(model)),
         script,
     };

@@ -10,6 +10,7 @@ use wasm_bindgen::prelude::*;
 use crate::app::Incoming;
 use crate::engine::ModelSource;
 use crate::script::Script;
+use crate::settings::DeviceKind;
 use crate::{ChatApp, Gpu, Startup, adapter_label};
 
 /// The app as JavaScript sees it.
@@ -44,6 +45,8 @@ impl WebHandle {
             .await
             .map_err(|e| JsValue::from_str(&format!("WebGPU is not available: {e}")))?;
         let label = adapter_label(&setup.adapter);
+        let software =
+            setup.adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
         let mut options = eframe::WebOptions::default();
         options.wgpu_options.wgpu_setup = WgpuSetup::Existing(WgpuSetupExisting {
             instance: setup.instance,
@@ -60,7 +63,13 @@ impl WebHandle {
             _ => None,
         };
         let startup = Startup {
-            gpu: Some(Gpu { device, label }),
+            gpu: Some(Gpu {
+                device,
+                label,
+                software,
+            }),
+            // The browser build has no CPU device.
+            device: Some(DeviceKind::Gpu),
             model: Some(ModelSource::Url(model_url)),
             script,
         };

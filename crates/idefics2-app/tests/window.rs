@@ -142,6 +142,8 @@ fn window_answers_a_question_about_a_dropped_image() {
         .arg("--send-image")
         .arg(&image)
         .args(["--ask", QUESTION, "--exit"])
+        // The model on the window's adapter (lavapipe in CI), which auto would pass over.
+        .args(["--device", "gpu"])
         .arg("--screenshot")
         .arg(&shot)
         .arg("--report")

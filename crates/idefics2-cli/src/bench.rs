@@ -48,9 +48,30 @@ pub struct BenchArgs {
     /// Prompt lengths of the attention figures (causal prefill of one Mistral-7B layer).
     #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096, 8192])]
     pub attention_tokens: Vec<usize>,
+    /// Also profile one more run (the last splitting setting): time per kind of operation for
+    /// the prefill and per decode step, the device waited on around each (so slower than the
+    /// plain runs).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One kind of operation in the profile.
+#[derive(Serialize)]
+struct ProfileRow {
+    kind: &'static str,
+    prefill_seconds: f64,
+    decode_seconds_per_token: f64,
+}
+
+#[derive(Serialize)]
+struct Profile {
+    /// Wall time of the profiled prefill and decode step, scopes and remainder together.
+    prefill_seconds: f64,
+    decode_seconds_per_token: f64,
+    rows: Vec<ProfileRow>,
 }
 
 #[derive(Serialize)]
@@ -62,6 +83,8 @@ struct Report {
     weight_bytes: usize,
     settings: Vec<SettingReport>,
     kernels: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
 }
 
 #[derive(Serialize)]
@@ -192,6 +215,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             accounted_peak_bytes: pipeline.model.weight_bytes + kv_cache_bytes,
         });
     }
+    let profile = match (args.profile, settings.last()) {
+        (true, Some(last)) => {
+            let input = pipeline.prepare(
+                std::slice::from_ref(&request),
+                &ImageOptions {
+                    do_image_splitting: Some(last.image_splitting),
+                    ..ImageOptions::default()
+                },
+            )?;
+            Some(profile_run(&pipeline, &input, &options)?)
+        }
+        _ => None,
+    };
     let measure_kernels = match args.kernels {
         Some(choice) => choice == crate::options::OnOff::On,
         None => idefics2_kernels::WgpuCaps::of(&device).is_some(),
@@ -216,6 +252,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         weight_bytes: pipeline.model.weight_bytes,
         settings,
         kernels: kernels.iter().map(|k| k.to_json()).collect(),
+        profile,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -224,9 +261,95 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("adapter: {adapter}");
         }
         print_table(&report, args.image_size);
+        if let Some(profile) = &report.profile {
+            print_profile(profile);
+        }
         print_kernels(&kernels, &device);
     }
     Ok(())
+}
+
+/// One generation with the profile on: the table is taken at the first token (prefill: vision
+/// encoder, connector, prompt pass, first logits and sampling) and at the end (the decode steps).
+fn profile_run(
+    pipeline: &Pipeline,
+    input: &idefics2::ModelInput,
+    options: &idefics2::GenerationOptions,
+) -> Result<Profile> {
+    idefics2::profile::enable(true);
+    let mut prefill = Vec::new();
+    let result = pipeline.model.generate(input, options, |event| {
+        if event.index == 0 {
+            prefill = idefics2::profile::take();
+        }
+        ControlFlow::Continue(())
+    });
+    let decode = idefics2::profile::take();
+    idefics2::profile::enable(false);
+    let out = result?;
+    let steps = out.tokens[0].len().saturating_sub(1).max(1) as f64;
+    let mut kinds: Vec<&'static str> = prefill.iter().map(|r| r.0).collect();
+    for row in &decode {
+        if !kinds.contains(&row.0) {
+            kinds.push(row.0);
+        }
+    }
+    let seconds = |table: &[(&'static str, f64, usize)], kind: &str| {
+        table.iter().find(|r| r.0 == kind).map_or(0.0, |r| r.1)
+    };
+    let mut rows: Vec<ProfileRow> = kinds
+        .into_iter()
+        .map(|kind| ProfileRow {
+            kind,
+            prefill_seconds: seconds(&prefill, kind),
+            decode_seconds_per_token: seconds(&decode, kind) / steps,
+        })
+        .collect();
+    let (prefill_seconds, decode_seconds_per_token) =
+        (out.prefill_seconds, out.decode_seconds / steps);
+    let covered = |f: fn(&ProfileRow) -> f64| rows.iter().map(f).sum::<f64>();
+    let other = ProfileRow {
+        kind: "not in a scope (glue, host work)",
+        prefill_seconds: (prefill_seconds - covered(|r| r.prefill_seconds)).max(0.0),
+        decode_seconds_per_token: (decode_seconds_per_token
+            - covered(|r| r.decode_seconds_per_token))
+        .max(0.0),
+    };
+    rows.push(other);
+    Ok(Profile {
+        prefill_seconds,
+        decode_seconds_per_token,
+        rows,
+    })
+}
+
+fn print_profile(profile: &Profile) {
+    println!(
+        "\nprofile (device waited on around each scope): prefill {:.3} s, decode {:.3} s/token",
+        profile.prefill_seconds, profile.decode_seconds_per_token
+    );
+    println!("| kind | prefill s | prefill % | decode ms/token | decode % |");
+    println!("| --- | --- | --- | --- | --- |");
+    let pct = |part: f64, whole: f64| {
+        if whole > 0.0 {
+            100.0 * part / whole
+        } else {
+            0.0
+        }
+    };
+    for row in &profile.rows {
+        println!(
+            "| {} | {:.3} | {:.1} | {:.2} | {:.1} |",
+            row.kind,
+            row.prefill_seconds,
+            pct(row.prefill_seconds, profile.prefill_seconds),
+            1e3 * row.decode_seconds_per_token,
+            pct(
+                row.decode_seconds_per_token,
+                profile.decode_seconds_per_token
+            )
+        );
+    }
 }
 
 fn print_table(report: &Report, image_size: u32) {

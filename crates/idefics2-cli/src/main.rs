@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    idefics2::quiet_headless_wayland();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("IDEFICS2_LOG"))
         .with_writer(std::io::stderr)
@@ -89,11 +90,13 @@ fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
 
 fn check(args: options::ModelArgs) -> anyhow::Result<()> {
     let dir = args.resolve()?;
-    let (tensors, bytes) = idefics2::Idefics2::check(&dir)?;
+    let report = idefics2::Idefics2::check(&dir)?;
     println!(
-        "{}: {tensors} tensors, {:.2} GB stored, all names and shapes match the config",
+        "{}: {} tensors, {:.2} GB stored, all names and shapes match the config; quantization: {}",
         dir.display(),
-        bytes as f64 / 1e9
+        report.tensors,
+        report.stored_bytes as f64 / 1e9,
+        report.quantization
     );
     Ok(())
 }

@@ -33,6 +33,8 @@ impl ModelArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
+    /// A GPU when there is one, else the CPU (a CPU adapter such as lavapipe counts as none).
+    Auto,
     Cpu,
     Gpu,
 }
@@ -52,7 +54,7 @@ pub enum OnOff {
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
     /// Where the model runs.
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
     /// Float type of weights and activations (f16 needs a GPU with shader-f16).
     #[arg(long, value_enum, default_value = "f32")]
@@ -60,36 +62,52 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    pub fn device(&self) -> Result<(Device, DType)> {
-        let device = init_device(match self.device {
-            DeviceArg::Cpu => DeviceChoice::Cpu,
-            DeviceArg::Gpu => DeviceChoice::Gpu,
-        })?;
-        let dtype = match self.dtype {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::F16 if self.device == DeviceArg::Cpu => {
-                bail!("--dtype f16 needs --device gpu")
+    /// The device `--device` names (auto resolved) and why it was chosen, for the summary line.
+    fn choice(&self) -> (DeviceChoice, Option<String>) {
+        match self.device {
+            DeviceArg::Cpu => (DeviceChoice::Cpu, None),
+            DeviceArg::Gpu => (DeviceChoice::Gpu, None),
+            DeviceArg::Auto => {
+                let (choice, why) = idefics2::resolve_auto();
+                (choice, Some(why))
             }
-            DtypeArg::F16 => DType::F16,
-        };
-        Ok((device, dtype))
-    }
-
-    /// [`label`](Self::label), with the adapter and backend a GPU device was brought up on.
-    pub fn summary(&self) -> String {
-        match idefics2::chosen_adapter() {
-            Some(adapter) if self.device == DeviceArg::Gpu => {
-                format!("{} ({adapter})", self.label())
-            }
-            _ => self.label().to_string(),
         }
     }
 
+    pub fn device(&self) -> Result<(Device, DType)> {
+        let (choice, why) = self.choice();
+        let dtype = match self.dtype {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 if choice == DeviceChoice::Cpu => match why {
+                Some(why) => bail!("--dtype f16 needs a GPU, and --device {why}"),
+                None => bail!("--dtype f16 needs --device gpu"),
+            },
+            DtypeArg::F16 => DType::F16,
+        };
+        Ok((init_device(choice)?, dtype))
+    }
+
+    /// [`label`](Self::label), with the adapter and backend a GPU device was brought up on and,
+    /// for `--device auto`, why that device.
+    pub fn summary(&self) -> String {
+        let (choice, why) = self.choice();
+        let mut summary = self.label().to_string();
+        if choice == DeviceChoice::Gpu
+            && let Some(adapter) = idefics2::chosen_adapter()
+        {
+            summary.push_str(&format!(" ({adapter})"));
+        }
+        if let Some(why) = why {
+            summary.push_str(&format!(" [{why}]"));
+        }
+        summary
+    }
+
     pub fn label(&self) -> &'static str {
-        match (self.device, self.dtype) {
-            (DeviceArg::Cpu, _) => "cpu f32",
-            (DeviceArg::Gpu, DtypeArg::F32) => "gpu f32",
-            (DeviceArg::Gpu, DtypeArg::F16) => "gpu f16",
+        match (self.choice().0, self.dtype) {
+            (DeviceChoice::Gpu, DtypeArg::F32) => "gpu f32",
+            (DeviceChoice::Gpu, DtypeArg::F16) => "gpu f16",
+            _ => "cpu f32",
         }
     }
 }

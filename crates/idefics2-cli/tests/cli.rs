@@ -117,6 +117,8 @@ fn raw_prompt_with_an_image_matches_the_reference_on_cpu() {
                 "--max-new-tokens",
                 "10",
                 "--json",
+                "--device",
+                "cpu",
             ],
             &[],
         );
@@ -375,12 +377,43 @@ fn bench_reports_speed_figures() {
             "--splitting",
             "off",
             "--json",
+            "--device",
+            "cpu",
+            "--profile",
         ],
         &[],
     );
     let report = &json_lines(&out)[0];
     assert_eq!(report["device"], "cpu f32");
     assert!(report["weight_bytes"].as_u64().unwrap() > 0);
+    // The profile names the model's parts, and its rows add up to the profiled times.
+    let profile = &report["profile"];
+    let rows = profile["rows"].as_array().unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "vision linear",
+        "connector linear",
+        "text linear q/k/v",
+        "text linear down",
+        "attention",
+        "norms",
+        "lm_head",
+        "sampling (host)",
+        "logits readback",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    for (field, total) in [
+        ("prefill_seconds", "prefill_seconds"),
+        ("decode_seconds_per_token", "decode_seconds_per_token"),
+    ] {
+        let sum: f64 = rows.iter().map(|r| r[field].as_f64().unwrap()).sum();
+        let total = profile[total].as_f64().unwrap();
+        assert!(
+            total > 0.0 && sum >= total * 0.999,
+            "{field}: rows {sum}, total {total}"
+        );
+    }
     let settings = report["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 1);
     assert_eq!(settings[0]["image_splitting"], false);
@@ -394,14 +427,19 @@ fn bench_reports_speed_figures() {
 
 /// Lays out `models--org--tiny/{refs/main, snapshots/<commit>/...}` as the hub cache does.
 fn hub_cache(name: &str, skip: &[&str]) -> TempDir {
+    hub_cache_of(name, "tiny-bf16-sharded", "models--org--tiny", skip)
+}
+
+/// [`hub_cache`] of fixture `checkpoint` as the hub's repository directory `repo_name`.
+fn hub_cache_of(name: &str, checkpoint: &str, repo_name: &str, skip: &[&str]) -> TempDir {
     let cache = tempdir(name);
     let commit = "0123456789abcdef0123456789abcdef01234567";
-    let repo = cache.join("models--org--tiny");
+    let repo = cache.join(repo_name);
     let snapshot = repo.join("snapshots").join(commit);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("tiny-bf16-sharded")).unwrap() {
+    for entry in std::fs::read_dir(fixtures().join(checkpoint)).unwrap() {
         let entry = entry.unwrap();
         let file = entry.file_name();
         if entry.path().is_file() && !skip.contains(&file.to_str().unwrap()) {
@@ -686,4 +724,95 @@ fn gpu_without_a_vulkan_driver_names_what_to_install() {
         error.contains("no Vulkan adapter found") && error.contains("mesa-vulkan-drivers"),
         "{error}"
     );
+}
+
+/// `--device auto` (the default) takes the CPU device when there is no GPU adapter, and when the
+/// only adapter is a CPU one (lavapipe), and its summary line says which and why.
+#[test]
+fn auto_device_says_what_it_chose_and_why() {
+    let args = [
+        "generate",
+        "--model",
+        &model("tiny-f32"),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "2",
+    ];
+    let no_driver = [
+        ("VK_ICD_FILENAMES", "/nonexistent/icd.json"),
+        ("VK_DRIVER_FILES", "/nonexistent/icd.json"),
+    ];
+    let out = idefics2(&args, &no_driver);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("cpu f32 [auto: no GPU adapter found]"),
+        "{summary}"
+    );
+    let out = idefics2(&args, &[]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains(" [auto: "), "{summary}");
+    if summary.contains("llvmpipe") {
+        // CI: lavapipe is the only adapter, and the CPU device is faster than it.
+        assert!(
+            summary.contains("cpu f32 [auto: the only adapter, llvmpipe"),
+            "{summary}"
+        );
+    }
+    let error = fails(&[&args[..], &["--dtype", "f16"]].concat(), &no_driver);
+    assert!(
+        error.contains("--dtype f16 needs a GPU, and --device auto: no GPU adapter found"),
+        "{error}"
+    );
+}
+
+/// `--model HuggingFaceM4/idefics2-8b-AWQ` opens an AWQ checkpoint from the hub cache (here the
+/// tiny AWQ fixture in its place): `check` lists it as AWQ, the answer is transformers' (greedy),
+/// and `--quant` on it is an error that says why.
+#[test]
+fn awq_checkpoint_opens_by_hub_id() {
+    let cache = hub_cache_of(
+        "hub-awq",
+        "tiny-awq",
+        "models--HuggingFaceM4--idefics2-8b-AWQ",
+        &[],
+    );
+    let env = [
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let id = "HuggingFaceM4/idefics2-8b-AWQ";
+    let out = idefics2(&["check", "--model", id], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("quantization: AWQ, 4 bits in groups of 16"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut args = vec![
+        "generate",
+        "--model",
+        id,
+        "--prompt",
+        ONE_IMAGE_PROMPT,
+        "--image",
+    ];
+    let picture = image("a.png");
+    args.extend([
+        picture.as_str(),
+        "--max-new-tokens",
+        "10",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    let out = idefics2(&args, &env);
+    assert_matches_reference(&json_lines(&out)[0], &reference("tiny-awq", "one_image")[0]);
+    let err = fails(
+        &[
+            "generate", "--model", id, "--prompt", "hi", "--quant", "q4", "--device", "cpu",
+        ],
+        &env,
+    );
+    assert!(err.contains("already quantized with AWQ"), "{err}");
 }

@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 pub enum DeviceChoice {
     Cpu,
     Gpu,
+    /// A GPU adapter when there is one, else the CPU device: a CPU adapter such as lavapipe is
+    /// slower than burn's CPU device at the same work (see [`resolve_auto`]).
+    Auto,
 }
 
 /// The wgpu adapter a GPU device was brought up on.
@@ -47,7 +50,25 @@ pub fn chosen_adapter() -> Option<GpuAdapter> {
         .map(|(_, adapter)| adapter.clone())
 }
 
-/// Initialises the device. A missing GPU adapter is an error, never a silent CPU fallback.
+/// What [`DeviceChoice::Auto`] stands for on this machine, and why, in words for a summary line:
+/// `Gpu` when a primary backend has a hardware adapter, else `Cpu` (no adapter, or only a CPU
+/// adapter: lavapipe decodes the tiny model at 13 tokens/s where the CPU device does 766).
+#[cfg(not(target_family = "wasm"))]
+pub fn resolve_auto() -> (DeviceChoice, String) {
+    match primary_adapter() {
+        Ok((_, adapter)) if !adapter.software => {
+            (DeviceChoice::Gpu, format!("auto: the GPU {adapter}"))
+        }
+        Ok((_, adapter)) => (
+            DeviceChoice::Cpu,
+            format!("auto: the only adapter, {adapter}, runs on the CPU; the CPU device is faster"),
+        ),
+        Err(_) => (DeviceChoice::Cpu, "auto: no GPU adapter found".into()),
+    }
+}
+
+/// Initialises the device. A missing GPU adapter is an error for [`DeviceChoice::Gpu`], never a
+/// silent CPU fallback; [`DeviceChoice::Auto`] picks as [`resolve_auto`] says.
 ///
 /// Only the primary backends are asked: wgpu's OpenGL adapter lacks operations burn's autotuned
 /// kernels emit (`subgroupAdd`), and its failures panic on wgpu's own threads, so a machine whose
@@ -56,6 +77,7 @@ pub fn chosen_adapter() -> Option<GpuAdapter> {
 pub fn init_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
+        DeviceChoice::Auto => init_device(resolve_auto().0),
         DeviceChoice::Gpu => {
             // burn brings a runtime up once per process: later callers share the first device.
             static GPU: std::sync::Mutex<Option<Device>> = std::sync::Mutex::new(None);
@@ -148,6 +170,36 @@ fn no_adapter_message() -> &'static str {
     }
 }
 
+/// Keeps libwayland quiet on machines without a session (servers, CI): Mesa's Vulkan drivers load
+/// it while wgpu looks for adapters, and with `XDG_RUNTIME_DIR` unset it prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment." on stderr, though nothing of ours
+/// draws. Points the variable at a private empty directory when it is unset; a no-op otherwise.
+/// Call it first thing in `main`, before any thread starts.
+#[cfg(all(not(target_family = "wasm"), target_os = "linux"))]
+pub fn quiet_headless_wayland() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let dir = std::env::temp_dir().join(format!("idefics2-runtime-{user}"));
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let private =
+        std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o077 == 0);
+    if private {
+        // SAFETY: called at the start of `main`, before any other thread exists, so nothing reads
+        // the environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir)
+        };
+    }
+}
+
+/// See the Linux version; nothing to do elsewhere.
+#[cfg(all(not(target_family = "wasm"), not(target_os = "linux")))]
+pub fn quiet_headless_wayland() {}
+
 /// Browser and async callers.
 pub async fn init_device_async(choice: DeviceChoice) -> Result<Device> {
     match choice {
@@ -157,7 +209,7 @@ pub async fn init_device_async(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Err(Error::Device(
             "the browser build has no CPU device: use WebGPU".into(),
         )),
-        DeviceChoice::Gpu => Device::wgpu_options()
+        DeviceChoice::Gpu | DeviceChoice::Auto => Device::wgpu_options()
             .init_async()
             .await
             .map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}"))),

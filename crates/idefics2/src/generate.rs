@@ -119,6 +119,7 @@ impl Idefics2 {
         for step in 0..options.max_new_tokens {
             let logits = self.read_logits(last_hidden).await?;
             let vocab = logits.len() / batch;
+            let sampling_profile = crate::profile::scope("sampling (host)", self.device());
             let mut next = Vec::with_capacity(batch);
             let mut cancelled = false;
             for row in 0..batch {
@@ -153,6 +154,7 @@ impl Idefics2 {
                     cancelled = true;
                 }
             }
+            drop(sampling_profile);
             if step == 0 {
                 output.prefill_seconds = start.elapsed().as_secs_f64();
                 decode_start = Some(Instant::now());
@@ -199,6 +201,7 @@ impl Idefics2 {
     /// Logits of `[batch, 1, hidden]` read back as f32 `[batch * vocab]`.
     async fn read_logits(&self, last_hidden: Tensor<3>) -> Result<Vec<f32>> {
         let logits = self.logits(last_hidden).cast(DType::F32);
+        let _profile = crate::profile::scope("logits readback", self.device());
         let data = logits
             .into_data_async()
             .await

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::awq::{AWQ_METHOD, AwqLayout};
+
 pub use idefics2_kernels::{PackedWeight, QuantFormat, QuantizedWeight};
 
 /// The `quant_method` we write into `quantization_config`.
@@ -66,18 +68,43 @@ impl QuantPolicy {
     }
 }
 
-/// `quantization_config` of a checkpoint written by `idefics2 quantize`.
+/// How a checkpoint stores its quantized linear layers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoredQuant {
+    /// As floats: layers the policy names are quantized at load.
+    #[default]
+    Float,
+    /// Packed by `idefics2 quantize`, in our layout.
+    Packed,
+    /// AutoAWQ's GEMM layout (`idefics2-8b-AWQ`).
+    Awq(AwqLayout),
+}
+
+/// `quantization_config` of a quantized checkpoint: one written by `idefics2 quantize`, or
+/// AutoAWQ's. Fields of other methods are ignored; [`stored`](Self::stored) says why such a
+/// checkpoint cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantizationConfig {
     pub quant_method: String,
-    /// 8 or 4.
-    pub bits: usize,
-    pub group_size: usize,
-    /// Whether the vision encoder's and the lm_head's linear layers are quantized too.
+    /// 8 or 4 (AWQ: 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<usize>,
+    /// Ours: whether the vision encoder's and the lm_head's linear layers are quantized too.
     #[serde(default)]
     pub vision: bool,
     #[serde(default)]
     pub head: bool,
+    /// AWQ: the layout, `gemm` (the hub's) or `gemv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// AWQ: whether groups have zero points (true when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_point: Option<bool>,
+    /// AWQ: linear layers left float, matched as substrings of their path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules_to_not_convert: Option<Vec<String>>,
 }
 
 impl QuantizationConfig {
@@ -85,38 +112,86 @@ impl QuantizationConfig {
         let format = policy.format?;
         Some(Self {
             quant_method: QUANT_METHOD.into(),
-            bits: format.bits(),
-            group_size: format.group(),
+            bits: Some(format.bits()),
+            group_size: Some(format.group()),
             vision: policy.vision,
             head: policy.head,
+            version: None,
+            zero_point: None,
+            modules_to_not_convert: None,
         })
     }
 
-    /// The policy this checkpoint was written with, or why it cannot be read.
-    pub fn policy(&self) -> Result<QuantPolicy, String> {
-        if self.quant_method != QUANT_METHOD {
-            return Err(format!(
-                "quantization_config.quant_method `{}` is not supported (only `{QUANT_METHOD}`)",
-                self.quant_method
-            ));
-        }
-        let format = match self.bits {
-            8 => QuantFormat::Q8 {
-                group: self.group_size,
-            },
-            4 => QuantFormat::Q4 {
-                group: self.group_size,
-            },
-            other => return Err(format!("quantization_config.bits {other}: expected 8 or 4")),
+    /// The policy this checkpoint was written with and how its layers are stored, or why it
+    /// cannot be read (naming the field and its value).
+    pub fn stored(&self) -> Result<(QuantPolicy, StoredQuant), String> {
+        let group = |bits: usize| {
+            let group = self
+                .group_size
+                .ok_or("quantization_config.group_size is missing")?;
+            let format = if bits == 8 {
+                QuantFormat::Q8 { group }
+            } else {
+                QuantFormat::Q4 { group }
+            };
+            format
+                .validate()
+                .map_err(|e| format!("quantization_config.group_size {group}: {e}"))?;
+            Ok::<_, String>(format)
         };
-        format
-            .validate()
-            .map_err(|e| format!("quantization_config: {e}"))?;
-        Ok(QuantPolicy {
-            format: Some(format),
-            vision: self.vision,
-            head: self.head,
-        })
+        match self.quant_method.as_str() {
+            QUANT_METHOD => {
+                let format = match self.bits {
+                    Some(bits @ (8 | 4)) => group(bits)?,
+                    Some(other) => {
+                        return Err(format!("quantization_config.bits {other}: expected 8 or 4"));
+                    }
+                    None => return Err("quantization_config.bits is missing".into()),
+                };
+                let policy = QuantPolicy {
+                    format: Some(format),
+                    vision: self.vision,
+                    head: self.head,
+                };
+                Ok((policy, StoredQuant::Packed))
+            }
+            AWQ_METHOD => {
+                let version = self.version.as_deref().unwrap_or("gemm");
+                if !version.eq_ignore_ascii_case("gemm") {
+                    return Err(format!(
+                        "quantization_config.version `{version}` is not supported: AWQ \
+                         checkpoints load in the `gemm` layout (the hub's Idefics2 AWQ uses it)"
+                    ));
+                }
+                match self.bits {
+                    Some(4) => {}
+                    Some(other) => {
+                        return Err(format!(
+                            "quantization_config.bits {other} is not supported: AWQ checkpoints \
+                             load with 4 bits"
+                        ));
+                    }
+                    None => return Err("quantization_config.bits is missing".into()),
+                }
+                if self.zero_point == Some(false) {
+                    return Err(
+                        "quantization_config.zero_point false is not supported: AWQ's \
+                                gemm layout stores a zero point per group"
+                            .into(),
+                    );
+                }
+                let format = group(4)?;
+                let layout = AwqLayout {
+                    group: format.group(),
+                    not_convert: self.modules_to_not_convert.clone().unwrap_or_default(),
+                };
+                Ok((QuantPolicy::new(Some(format)), StoredQuant::Awq(layout)))
+            }
+            other => Err(format!(
+                "quantization_config.quant_method `{other}` is not supported (only `{AWQ_METHOD}` \
+                 checkpoints and those written by `idefics2 quantize`, `{QUANT_METHOD}`)"
+            )),
+        }
     }
 }
 

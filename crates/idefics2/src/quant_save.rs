@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::config::{Idefics2Config, read_to_string};
 use crate::error::{Error, Result};
 use crate::model::Idefics2;
-use crate::quant::{QuantPolicy, QuantizationConfig, packed_names};
+use crate::quant::{QuantPolicy, QuantizationConfig, StoredQuant, packed_names};
 use crate::weights::{TensorLoader, WeightFiles};
 
 /// What [`quantize_checkpoint`] did.
@@ -65,7 +65,8 @@ pub fn quantize_checkpoint(
     // A check pass over the model lists the layers the policy quantizes and validates the
     // checkpoint before anything is written.
     let device = Device::flex();
-    let mut check = TensorLoader::new(&files, &device, DType::F32, true).with_quant(policy, false);
+    let mut check =
+        TensorLoader::new(&files, &device, DType::F32, true).with_quant(policy, StoredQuant::Float);
     Idefics2::build(&config, &mut check, &device, DType::F32);
     let layers = check.quantized_layers().to_vec();
     check.finish()?;

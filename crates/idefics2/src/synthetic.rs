@@ -63,8 +63,8 @@ impl Idefics2 {
         seed: u64,
     ) -> Result<Self> {
         Self::check_device(device, dtype)?;
-        let mut loader =
-            crate::weights::TensorLoader::synthetic(device, dtype, seed).with_quant(quant, false);
+        let mut loader = crate::weights::TensorLoader::synthetic(device, dtype, seed)
+            .with_quant(quant, crate::quant::StoredQuant::Float);
         let model = Self::build(&config, &mut loader, device, dtype);
         loader.finish()?;
         Ok(model)

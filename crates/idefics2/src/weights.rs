@@ -13,7 +13,9 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 use crate::error::{Error, Result, ShapeMismatch};
 use crate::model::row_chunks::RowChunks;
 use crate::model_files::{FileBytes, ModelFiles, map_file};
-use crate::quant::{PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, packed_names};
+use crate::quant::{
+    PackedWeight, QuantFormat, QuantPolicy, QuantizedWeight, StoredQuant, packed_names,
+};
 
 /// Where one tensor lives inside the mapped files.
 #[derive(Debug, Clone)]
@@ -235,8 +237,8 @@ pub struct TensorLoader<'a> {
     failure: Option<Error>,
     uploaded_bytes: usize,
     quant: QuantPolicy,
-    /// The checkpoint holds packed tensors (written by `idefics2 quantize`) rather than floats.
-    prequantized: bool,
+    /// How the checkpoint stores the layers the policy quantizes.
+    stored: StoredQuant,
     /// Every linear layer the policy quantizes: (prefix, n_out, k_in, format).
     quantized_layers: Vec<(String, usize, usize, QuantFormat)>,
     progress: Option<ProgressFn<'a>>,
@@ -274,7 +276,7 @@ impl<'a> TensorLoader<'a> {
             failure: None,
             uploaded_bytes: 0,
             quant: QuantPolicy::NONE,
-            prequantized: false,
+            stored: StoredQuant::Float,
             quantized_layers: Vec::new(),
             progress: None,
             max_binding_bytes: max_binding_bytes(device),
@@ -300,11 +302,11 @@ impl<'a> TensorLoader<'a> {
         self.dtype
     }
 
-    /// Quantize linear layers as `policy` says: from float tensors at load, or, with
-    /// `prequantized`, read the packed tensors the checkpoint holds.
-    pub fn with_quant(mut self, policy: QuantPolicy, prequantized: bool) -> Self {
+    /// Quantize linear layers as `policy` says: from float tensors at load
+    /// ([`StoredQuant::Float`]), or read the packed tensors the checkpoint holds.
+    pub fn with_quant(mut self, policy: QuantPolicy, stored: StoredQuant) -> Self {
         self.quant = policy;
-        self.prequantized = prequantized;
+        self.stored = stored;
         self
     }
 
@@ -367,9 +369,17 @@ impl<'a> TensorLoader<'a> {
         RowChunks::new(chunks, rows_per_chunk)
     }
 
-    /// Whether the policy quantizes linear layer `prefix`.
+    /// Whether the policy quantizes linear layer `prefix` (for an AWQ checkpoint: whether it is
+    /// stored quantized).
     pub fn quantizes(&self, prefix: &str) -> bool {
-        self.quant.format_for(prefix).is_some()
+        self.format_for(prefix).is_some()
+    }
+
+    fn format_for(&self, prefix: &str) -> Option<QuantFormat> {
+        match &self.stored {
+            StoredQuant::Awq(layout) => layout.quantizes(prefix).then(|| layout.format()),
+            _ => self.quant.format_for(prefix),
+        }
     }
 
     /// A 1-element stand-in for a tensor that could not be loaded (the error is recorded).
@@ -386,10 +396,13 @@ impl<'a> TensorLoader<'a> {
         n_out: usize,
         k_in: usize,
     ) -> Option<QuantizedWeight> {
-        let format = self.quant.format_for(prefix)?;
+        let format = self.format_for(prefix)?;
         self.quantized_layers
             .push((prefix.to_string(), n_out, k_in, format));
-        let packed = if self.prequantized {
+        let packed = if let StoredQuant::Awq(layout) = &self.stored {
+            let layout = layout.clone();
+            self.read_awq(&layout, prefix, n_out, k_in)?
+        } else if self.stored == StoredQuant::Packed {
             self.read_packed(prefix, n_out, k_in, format)?
         } else {
             let values = self.host_values(&format!("{prefix}.weight"), &[n_out, k_in])?;
@@ -444,6 +457,43 @@ impl<'a> TensorLoader<'a> {
             scales: scales?,
             zeros: zeros?,
         })
+    }
+
+    /// The tensors of AWQ layer `prefix` (see [`crate::awq`]) in our layout.
+    fn read_awq(
+        &mut self,
+        layout: &crate::awq::AwqLayout,
+        prefix: &str,
+        n_out: usize,
+        k_in: usize,
+    ) -> Option<PackedWeight> {
+        if let Err(message) = layout.check_shape(n_out, k_in) {
+            self.failure.get_or_insert(Error::Quant {
+                name: prefix.to_string(),
+                message,
+            });
+            return None;
+        }
+        let [qweight, scales, qzeros] = packed_names(prefix);
+        let groups = k_in / layout.group;
+        let words = self.host_words(&qweight, &[k_in, n_out / 8]);
+        let zeros = self.host_words(&qzeros, &[groups, n_out / 8]);
+        let scales = self
+            .entry(
+                &scales,
+                &[groups, n_out],
+                &[StDtype::F16],
+                " (AWQ scales must be F16)",
+            )
+            .and_then(|(files, entry)| {
+                decode_f32(
+                    &scales,
+                    entry.dtype,
+                    &files.maps[entry.file].1[entry.start..entry.end],
+                )
+                .ok()
+            });
+        Some(layout.to_packed(&words?, &zeros?, &scales?, n_out, k_in))
     }
 
     /// Looks `name` up and checks its shape and stored dtype (one of `dtypes`, else an error

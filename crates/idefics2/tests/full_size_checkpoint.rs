@@ -138,7 +138,8 @@ fn the_8b_layout_checks_and_a_wrong_one_is_fully_listed() {
     let dir = std::env::temp_dir().join(format!("idefics2-8b-layout-{}", std::process::id()));
     let tensors = hub_tensors();
     write_checkpoint(&dir, &tensors);
-    let (count, bytes) = Idefics2::check(&dir).unwrap();
+    let report = Idefics2::check(&dir).unwrap();
+    let (count, bytes) = (report.tensors, report.stored_bytes);
     assert_eq!(count, tensors.len());
     // 8.4e9 parameters in bf16.
     assert!(

@@ -8,6 +8,7 @@ use burn::tensor::{DType, Tensor};
 use idefics2_kernels::quant_matmul;
 
 use crate::config::Activation;
+use crate::profile;
 use crate::quant::QuantizedWeight;
 use crate::weights::TensorLoader;
 
@@ -27,6 +28,28 @@ pub enum LinearWeight {
 pub struct Linear {
     pub weight: LinearWeight,
     pub bias: Option<Tensor<1>>,
+    /// What the profile counts its time as ([`linear_kind`]).
+    pub kind: &'static str,
+}
+
+/// The profile's name for linear layer `prefix`.
+pub fn linear_kind(prefix: &str) -> &'static str {
+    let last = prefix.rsplit('.').next().unwrap_or(prefix);
+    if prefix == "lm_head" {
+        "lm_head"
+    } else if prefix.contains("vision_model") {
+        "vision linear"
+    } else if prefix.contains("connector") {
+        "connector linear"
+    } else {
+        match last {
+            "q_proj" | "k_proj" | "v_proj" => "text linear q/k/v",
+            "o_proj" => "text linear o",
+            "gate_proj" | "up_proj" => "text linear gate/up",
+            "down_proj" => "text linear down",
+            _ => "other linear",
+        }
+    }
 }
 
 impl Linear {
@@ -48,7 +71,11 @@ impl Linear {
             )
         };
         let bias = bias.then(|| loader.float(&format!("{prefix}.bias"), [out_features]));
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            kind: linear_kind(prefix),
+        }
     }
 
     /// A float weight: one tensor when it fits a binding, else its row blocks.
@@ -59,16 +86,18 @@ impl Linear {
         }
     }
 
-    pub fn float(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+    pub fn float(weight: Tensor<2>, bias: Option<Tensor<1>>, kind: &'static str) -> Self {
         Self {
             weight: LinearWeight::Float(weight),
             bias,
+            kind,
         }
     }
 
     /// # Shapes
     /// `[batch, seq, in]` -> `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let _profile = profile::scope(self.kind, &x.device());
         let [batch, seq, in_features] = x.dims();
         let y = match &self.weight {
             LinearWeight::Float(weight) => x
@@ -110,6 +139,7 @@ impl LayerNorm {
     /// # Shapes
     /// `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let _profile = profile::scope("norms", &x.device());
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let mean = x.clone().mean_dim(2);
@@ -139,6 +169,7 @@ impl RmsNorm {
     /// # Shapes
     /// `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let _profile = profile::scope("norms", &x.device());
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let variance = x.clone().square().mean_dim(2);
@@ -202,7 +233,12 @@ impl GatedMlp {
     /// # Shapes
     /// `[batch, seq, hidden]` -> `[batch, seq, output]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activate(self.act, self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        let hidden = {
+            let _profile = profile::scope("activations", &gate.device());
+            activate(self.act, gate) * up
+        };
+        self.down_proj.forward(hidden)
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model_files::ModelFiles;
 use crate::pixels::PixelBatch;
-use crate::quant::QuantPolicy;
+use crate::quant::{QuantPolicy, StoredQuant};
 use crate::weights::{LoadOptions, TensorLoader, WeightFiles};
 use attention::AttentionMask;
 use connector::Connector;
@@ -112,6 +112,16 @@ impl ModelInput {
     }
 }
 
+/// What [`Idefics2::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub tensors: usize,
+    pub stored_bytes: usize,
+    /// How the checkpoint stores its linear layers, for people: `none (float weights)`, `AWQ, 4
+    /// bits in groups of 128 (224 linear layers)`, ...
+    pub quantization: String,
+}
+
 impl Idefics2 {
     /// Loads `config.json` and the weights of a hub model directory.
     pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -144,24 +154,40 @@ impl Idefics2 {
     }
 
     /// Checks a model directory's config and the names, shapes and dtypes of all its tensors
-    /// without loading any weight; returns the stored tensor count and bytes.
+    /// without loading any weight.
     #[cfg(not(target_family = "wasm"))]
-    pub fn check(model_dir: &Path) -> Result<(usize, usize)> {
+    pub fn check(model_dir: &Path) -> Result<CheckReport> {
         let config_path = model_dir.join("config.json");
         let config = Idefics2Config::from_file(&config_path)?;
         config.validate(&config_path)?;
         let files = WeightFiles::open(model_dir)?;
         let device = Device::flex();
-        let (policy, prequantized) =
+        let (policy, stored) =
             Self::quant_policy(&config, QuantPolicy::NONE).map_err(|message| Error::Config {
                 path: config_path.clone(),
                 message,
             })?;
         let mut check =
-            TensorLoader::new(&files, &device, DType::F32, true).with_quant(policy, prequantized);
+            TensorLoader::new(&files, &device, DType::F32, true).with_quant(policy, stored.clone());
         Self::build(&config, &mut check, &device, DType::F32);
+        let quantized_layers = check.quantized_layers().len();
         check.finish()?;
-        Ok((files.names().count(), files.stored_bytes()))
+        let quantization = match (&stored, policy.format) {
+            (StoredQuant::Awq(layout), _) => format!(
+                "AWQ, 4 bits in groups of {} ({quantized_layers} linear layers)",
+                layout.group
+            ),
+            (StoredQuant::Packed, Some(_)) => format!(
+                "{}, written by idefics2 quantize ({quantized_layers} linear layers)",
+                policy.label()
+            ),
+            _ => "none (float weights)".into(),
+        };
+        Ok(CheckReport {
+            tensors: files.names().count(),
+            stored_bytes: files.stored_bytes(),
+            quantization,
+        })
     }
 
     /// Builds the model from mapped weights: a check pass that lists every missing, unexpected
@@ -199,14 +225,12 @@ impl Idefics2 {
             progress,
         } = options;
         Self::check_device(device, dtype)?;
-        let (policy, prequantized) =
-            Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
+        let (policy, stored) = Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
         let mut check =
-            TensorLoader::new(files, device, dtype, true).with_quant(policy, prequantized);
+            TensorLoader::new(files, device, dtype, true).with_quant(policy, stored.clone());
         Self::build(&config, &mut check, device, dtype);
         check.finish()?;
-        let mut loader =
-            TensorLoader::new(files, device, dtype, false).with_quant(policy, prequantized);
+        let mut loader = TensorLoader::new(files, device, dtype, false).with_quant(policy, stored);
         if let Some(progress) = progress {
             loader = loader.with_progress(progress);
         }
@@ -215,15 +239,23 @@ impl Idefics2 {
         Ok(model)
     }
 
-    /// The policy to load with, and whether the checkpoint is already quantized.
+    /// The policy to load with, and how the checkpoint stores its layers.
     fn quant_policy(
         config: &Idefics2Config,
         asked: QuantPolicy,
-    ) -> std::result::Result<(QuantPolicy, bool), String> {
+    ) -> std::result::Result<(QuantPolicy, StoredQuant), String> {
         let Some(saved) = &config.quantization_config else {
-            return Ok((asked, false));
+            return Ok((asked, StoredQuant::Float));
         };
-        let policy = saved.policy()?;
+        let (policy, stored) = saved.stored()?;
+        if let (StoredQuant::Awq(layout), Some(_)) = (&stored, asked.format) {
+            return Err(format!(
+                "the checkpoint is already quantized with AWQ (4 bits, groups of {}); load it \
+                 without asking for {}",
+                layout.group,
+                asked.label()
+            ));
+        }
         if asked.format.is_some() && asked != policy {
             return Err(format!(
                 "the checkpoint is already quantized as {}; load it without asking for {}",
@@ -231,7 +263,7 @@ impl Idefics2 {
                 asked.label()
             ));
         }
-        Ok((policy, true))
+        Ok((policy, stored))
     }
 
     pub(crate) fn check_device(device: &Device, dtype: DType) -> Result<()> {
@@ -264,6 +296,7 @@ impl Idefics2 {
             Linear {
                 weight: Linear::float_weight(model.text_model.embed_tokens.clone()),
                 bias: None,
+                kind: "lm_head",
             }
         } else {
             Linear::load(loader, "lm_head", text.hidden_size, text.vocab_size, false)

@@ -67,6 +67,7 @@ impl VisionModel {
                 &format!("{prefix}.embeddings.patch_embedding.bias"),
                 [hidden],
             )),
+            "vision patch embedding",
         );
         let position_embedding = loader.float(
             &format!("{prefix}.embeddings.position_embedding.weight"),
@@ -143,6 +144,7 @@ impl VisionModel {
         position_ids: Tensor<2, Int>,
         mask: &AttentionMask,
     ) -> Tensor<3> {
+        let _profile = crate::profile::scope("vision encoder: other", &patches.device());
         let [images, num_patches, _] = patches.dims();
         let hidden = self.embeddings.position_embedding.dims()[1];
         let positions = self
@@ -159,10 +161,12 @@ impl VisionModel {
             x = residual + h;
             let residual = x.clone();
             let h = layer.layer_norm2.forward(x);
-            let h = layer
-                .mlp
-                .fc2
-                .forward(activate(layer.mlp.act, layer.mlp.fc1.forward(h)));
+            let h = layer.mlp.fc1.forward(h);
+            let h = {
+                let _profile = crate::profile::scope("activations", &h.device());
+                activate(layer.mlp.act, h)
+            };
+            let h = layer.mlp.fc2.forward(h);
             x = residual + h;
         }
         self.post_layernorm.forward(x)

@@ -6,8 +6,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod awq_checkpoint;
 mod generation;
 mod model_parity;
+mod panics;
 mod processor_parity;
 mod quantized_model;
 mod shapes_accuracy;

@@ -1,7 +1,8 @@
 //! Stage-by-stage parity with transformers 4.54.1 on the tiny fixture checkpoints
 //! (`tests/fixtures/make_fixtures.py`): vision encoder, connector, merged embeddings, final hidden
 //! states, logits and greedy generation, on the CPU device and on wgpu (f32, and f16 where the
-//! adapter has it).
+//! adapter has it). In f32 also the AWQ checkpoint (`tests/fixtures/make_awq_fixture.py`: AutoAWQ's
+//! layout, transformers run on its dequantized weights).
 #![allow(clippy::unwrap_used)]
 
 use super::common;
@@ -164,14 +165,24 @@ fn run_case(
     errors
 }
 
-/// Runs every case of both checkpoints; returns the worst error per stage.
-fn parity(device: &Device, dtype: DType, label: &str) -> StageErrors {
+/// The AWQ fixture and its cases (no batch: AWQ changes nothing there).
+const AWQ_CHECKPOINT: &str = "tiny-awq";
+const AWQ_CASES: [&str; 3] = ["text_only", "one_image", "multi_image"];
+
+/// Runs every case of the float checkpoints (and with `awq` the AWQ one); returns the worst error
+/// per stage.
+fn parity(device: &Device, dtype: DType, label: &str, awq: bool) -> StageErrors {
     let mut worst = StageErrors::default();
-    for checkpoint in CHECKPOINTS {
+    let mut checkpoints: Vec<(&str, &[&str])> =
+        CHECKPOINTS.iter().map(|c| (*c, &CASES[..])).collect();
+    if awq {
+        checkpoints.push((AWQ_CHECKPOINT, &AWQ_CASES));
+    }
+    for (checkpoint, cases) in checkpoints {
         let dir = common::checkpoint(checkpoint);
         let model = Idefics2::load(&dir, device, dtype).unwrap();
         let generation = GenerationConfig::from_file(&dir.join("generation_config.json")).unwrap();
-        for case in CASES {
+        for case in cases {
             let errors = run_case(&model, &generation, checkpoint, case);
             println!("{label} {checkpoint}/{case}: {errors:?}");
             worst.merge(&errors);
@@ -204,13 +215,13 @@ fn assert_f32(worst: &StageErrors) {
 #[test]
 fn cpu_f32_matches_reference() {
     let device = init_device(DeviceChoice::Cpu).unwrap();
-    assert_f32(&parity(&device, DType::F32, "cpu-f32"));
+    assert_f32(&parity(&device, DType::F32, "cpu-f32", true));
 }
 
 #[test]
 fn wgpu_matches_reference() {
     let device = gpu();
-    assert_f32(&parity(&device, DType::F32, "wgpu-f32"));
+    assert_f32(&parity(&device, DType::F32, "wgpu-f32", true));
     let caps = idefics2_kernels::WgpuCaps::of(&device).unwrap();
     if caps.adapter.starts_with("llvmpipe") {
         // CI runs on lavapipe: f16 must be covered there, not skipped.
@@ -220,7 +231,7 @@ fn wgpu_matches_reference() {
         );
     }
     if device.supports_dtype(DType::F16) {
-        let worst = parity(&device, DType::F16, "wgpu-f16");
+        let worst = parity(&device, DType::F16, "wgpu-f16", false);
         assert_f16(&worst);
     } else {
         println!("wgpu-f16: {} has no shader-f16, f16 not run", caps.adapter);
