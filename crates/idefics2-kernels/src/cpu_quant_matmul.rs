@@ -68,6 +68,22 @@ pub fn quant_gemv(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
     for m in 0..rows {
         xp[m * k_pad..m * k_pad + k_in].copy_from_slice(&x[m * k_in..(m + 1) * k_in]);
     }
+    // The q4 path (groups a multiple of 16) reads two words (16 codes) at a time as bytes: their low
+    // nibbles are the even inputs, the high ones the odd inputs, so x is reordered to match
+    // (evens, then odds, in every block of 16), and each group's sum of x gives the zero point's
+    // share: sum((q - z) x) = sum(q x) - z sum(x).
+    let pairs = matches!(w.format, QuantFormat::Q4 { .. }) && group.is_multiple_of(16);
+    let mut xsum = Vec::new();
+    if pairs {
+        xsum = xp.chunks(group).map(|g| g.iter().sum()).collect();
+        for block in xp.chunks_exact_mut(16) {
+            let original: [f32; 16] = std::array::from_fn(|j| block[j]);
+            for j in 0..8 {
+                block[j] = original[2 * j];
+                block[8 + j] = original[2 * j + 1];
+            }
+        }
+    }
     // Per task: its output rows, each with its `rows` results ([n_out, rows] overall).
     let mut out_t = vec![0f32; w.n_out * rows];
     out_t
@@ -77,6 +93,7 @@ pub fn quant_gemv(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
             gemv_task(GemvTask {
                 w,
                 xp: &xp,
+                xsum: pairs.then_some(&xsum[..]),
                 rows,
                 first: task * ROWS_PER_TASK,
                 out,
@@ -143,6 +160,8 @@ fn gemv_task_avx2(task: GemvTask<'_>) {
 struct GemvTask<'a> {
     w: &'a PackedWeight,
     xp: &'a [f32],
+    /// The q4 path by pairs of words: x reordered, and its sum per row and group.
+    xsum: Option<&'a [f32]>,
     rows: usize,
     first: usize,
     /// `[outputs of this task, rows]`.
@@ -156,6 +175,7 @@ fn gemv_task_body(task: GemvTask<'_>) {
         let GemvTask {
             w,
             xp,
+            xsum,
             rows,
             first,
             out,
@@ -164,6 +184,34 @@ fn gemv_task_body(task: GemvTask<'_>) {
         let k_pad = groups * group;
         let words_per_row = w.words_per_row();
         let words_per_group = group / w.format.values_per_word();
+        if let Some(xsum) = xsum {
+            // Per row of x: 8 lanes of scaled sums over the groups, and the zero points' share.
+            let mut lanes = [[0f32; 8]; CPU_GEMV_MAX_ROWS];
+            let mut offsets = [0f32; CPU_GEMV_MAX_ROWS];
+            for (i, out) in out.chunks_mut(rows).enumerate() {
+                let n = first + i;
+                let words = &w.words[n * words_per_row..(n + 1) * words_per_row];
+                lanes[..rows].iter_mut().for_each(|l| *l = [0.0; 8]);
+                offsets[..rows].fill(0.0);
+                for g in 0..groups {
+                    let scale = w.scales[n * groups + g];
+                    let zero = w.zeros[n * groups + g];
+                    let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
+                    for m in 0..rows {
+                        let x = &xp[m * k_pad + g * group..m * k_pad + (g + 1) * group];
+                        let part = dot_q4_pairs(group_words, x);
+                        for (lane, p) in lanes[m].iter_mut().zip(part) {
+                            *lane += scale * p;
+                        }
+                        offsets[m] += scale * zero * xsum[m * groups + g];
+                    }
+                }
+                for (m, out) in out.iter_mut().enumerate() {
+                    *out = lanes[m].iter().sum::<f32>() - offsets[m];
+                }
+            }
+            return;
+        }
         let mut values = vec![0f32; group];
         let mut acc = [0f32; CPU_GEMV_MAX_ROWS];
         for (i, out) in out.chunks_mut(rows).enumerate() {
@@ -183,6 +231,26 @@ fn gemv_task_body(task: GemvTask<'_>) {
             out.copy_from_slice(&acc[..rows]);
         }
     }
+}
+
+/// `q x` of one q4 group in 8 lanes: two words (16 codes) at a time as the bytes of a u64, low
+/// nibbles against the even inputs and high nibbles against the odd ones (`x` reordered so, see
+/// [`quant_gemv`]); the bytes widen to f32 lanes without shifting every nibble on its own.
+#[inline(always)]
+fn dot_q4_pairs(words: &[u32], x: &[f32]) -> [f32; 8] {
+    const NIBBLES: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    let mut even = [0f32; 8];
+    let mut odd = [0f32; 8];
+    for (pair, x) in words.chunks_exact(2).zip(x.chunks_exact(16)) {
+        let both = u64::from(pair[0]) | (u64::from(pair[1]) << 32);
+        let low = (both & NIBBLES).to_le_bytes();
+        let high = ((both >> 4) & NIBBLES).to_le_bytes();
+        for k in 0..8 {
+            even[k] += f32::from(low[k]) * x[k];
+            odd[k] += f32::from(high[k]) * x[8 + k];
+        }
+    }
+    std::array::from_fn(|k| even[k] + odd[k])
 }
 
 /// The codes of one group as `q - zero` (Q4) or `q` (Q8), exact small integers in f32.
@@ -256,6 +324,8 @@ mod tests {
             QuantFormat::Q4_32,
             QuantFormat::Q8_32,
             QuantFormat::Q4 { group: 128 },
+            QuantFormat::Q4 { group: 16 },
+            QuantFormat::Q4 { group: 8 },
             QuantFormat::Q8 { group: 12 },
         ] {
             for (n_out, k_in) in [(1, 1), (17, 45), (40, 300), (33, 128)] {

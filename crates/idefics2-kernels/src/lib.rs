@@ -16,6 +16,8 @@
 mod attention;
 mod caps;
 mod copy;
+// Native only: the browser build has no CPU device (and no rayon).
+#[cfg(not(target_family = "wasm"))]
 pub mod cpu_quant_matmul;
 mod error;
 pub mod figures;

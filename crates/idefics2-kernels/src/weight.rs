@@ -98,6 +98,7 @@ impl QuantizedWeight {
 pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
     let (n_out, k_in, format) = (packed.n_out, packed.k_in, packed.format);
     let caps = WgpuCaps::of(device);
+    #[cfg(not(target_family = "wasm"))]
     if caps.is_none()
         && crate::cpu_quant_matmul::is_cpu_device(device)
         && FORCED_TENSORS.get().is_none()

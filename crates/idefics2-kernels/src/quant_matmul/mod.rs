@@ -13,6 +13,7 @@ use burn::backend::Dispatch;
 use burn::tensor::{DType, Tensor};
 
 use crate::caps::WgpuCaps;
+#[cfg(not(target_family = "wasm"))]
 use crate::cpu_quant_matmul::cpu_quant_matmul;
 use crate::format::QuantFormat;
 use crate::reference::quant_matmul_reference;
@@ -44,11 +45,15 @@ pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantizedWeight) -> Tensor
     let out = if uses_kernels(&x, w) {
         let dtype = x.dtype();
         quant_matmul_kernel(x.cast(DType::F32), w).cast(dtype)
-    } else if let WeightStorage::Host { packed, .. } = &w.storage {
-        let dtype = x.dtype();
-        cpu_quant_matmul(x.cast(DType::F32), packed).cast(dtype)
     } else {
-        quant_matmul_reference(x, w)
+        match &w.storage {
+            #[cfg(not(target_family = "wasm"))]
+            WeightStorage::Host { packed, .. } => {
+                let dtype = x.dtype();
+                cpu_quant_matmul(x.cast(DType::F32), packed).cast(dtype)
+            }
+            _ => quant_matmul_reference(x, w),
+        }
     }; // [rows, n_out]
     out.reshape(out_dims) // [..., n_out]
 }
