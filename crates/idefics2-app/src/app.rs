@@ -26,6 +26,17 @@ pub struct Gpu {
     pub software: bool,
 }
 
+impl Gpu {
+    /// The GPU of `device`, brought up on `adapter`.
+    pub fn new(device: Device, adapter: &burn::tensor::wgpu::wgpu::Adapter) -> Self {
+        Self {
+            device,
+            label: crate::adapter_label(adapter),
+            software: adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu,
+        }
+    }
+}
+
 /// What the app was started with.
 pub struct Startup {
     pub gpu: Option<Gpu>,

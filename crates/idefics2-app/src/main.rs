@@ -8,7 +8,7 @@ use eframe::egui_wgpu::{WgpuSetup, WgpuSetupExisting};
 use idefics2_app::engine::ModelSource;
 use idefics2_app::script::Script;
 use idefics2_app::settings::DeviceKind;
-use idefics2_app::{ChatApp, Gpu, Startup, adapter_label};
+use idefics2_app::{ChatApp, Gpu, Startup};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Chat with Idefics2 about your images")]
@@ -64,14 +64,7 @@ fn main() -> ExitCode {
     // One wgpu device for burn and the window: burn picks the adapter, eframe draws with it.
     let (gpu, setup) = match idefics2::init_gpu_with_setup() {
         Ok((device, setup)) => {
-            let label = adapter_label(&setup.adapter);
-            let software =
-                setup.adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
-            let gpu = Gpu {
-                device,
-                label,
-                software,
-            };
+            let gpu = Gpu::new(device, &setup.adapter);
             (Some(gpu), Some(setup))
         }
         Err(e) => {

@@ -11,7 +11,7 @@ use crate::app::Incoming;
 use crate::engine::ModelSource;
 use crate::script::Script;
 use crate::settings::DeviceKind;
-use crate::{ChatApp, Gpu, Startup, adapter_label};
+use crate::{ChatApp, Gpu, Startup};
 
 /// The app as JavaScript sees it.
 #[wasm_bindgen]
@@ -44,9 +44,7 @@ impl WebHandle {
             .init_with_setup_async()
             .await
             .map_err(|e| JsValue::from_str(&format!("WebGPU is not available: {e}")))?;
-        let label = adapter_label(&setup.adapter);
-        let software =
-            setup.adapter.get_info().device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+        let gpu = Gpu::new(device, &setup.adapter);
         let mut options = eframe::WebOptions::default();
         options.wgpu_options.wgpu_setup = WgpuSetup::Existing(WgpuSetupExisting {
             instance: setup.instance,
@@ -63,11 +61,7 @@ impl WebHandle {
             _ => None,
         };
         let startup = Startup {
-            gpu: Some(Gpu {
-                device,
-                label,
-                software,
-            }),
+            gpu: Some(gpu),
             // The browser build has no CPU device.
             device: Some(DeviceKind::Gpu),
             model: Some(ModelSource::Url(model_url)),

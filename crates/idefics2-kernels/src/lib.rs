@@ -46,5 +46,5 @@ pub use quantize::{PackedWeight, f16_scale, quantize};
 pub use reference::{dequantize_reference, quant_matmul_reference};
 pub use weight::{
     QuantizedWeight, WeightStorage, WeightTensors, force_f32_scales, force_tensor_weights,
-    padded_n_out, upload,
+    padded_n_out, upload, upload_owned,
 };

@@ -1,5 +1,6 @@
 //! A quantized weight on a device: the packed words, scales and zero points as burn tensors.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -73,14 +74,6 @@ impl QuantizedWeight {
         }
     }
 
-    /// The device the weight serves.
-    pub fn device(&self) -> Device {
-        match &self.storage {
-            WeightStorage::Tensors(t) => t.scales.device(),
-            WeightStorage::Host { device, .. } => device.clone(),
-        }
-    }
-
     /// The weight as device tensors: its own, or made from the host codes (for the plain-burn
     /// reference).
     pub fn tensors(&self) -> WeightTensors {
@@ -96,6 +89,19 @@ impl QuantizedWeight {
 /// zero points go up as f16 where the device has `shader-f16` (half the bytes the kernels read
 /// beside the codes). On the CPU device the packed codes stay as they are, in host memory.
 pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
+    upload_cow(Cow::Borrowed(packed), device)
+}
+
+/// [`upload`] taking the weight by value: the CPU device then keeps it without copying it (the
+/// loader's case, a copy of every layer otherwise).
+pub fn upload_owned(packed: PackedWeight, device: &Device) -> Result<QuantizedWeight, QuantError> {
+    upload_cow(Cow::Owned(packed), device)
+}
+
+fn upload_cow(
+    packed: Cow<'_, PackedWeight>,
+    device: &Device,
+) -> Result<QuantizedWeight, QuantError> {
     let (n_out, k_in, format) = (packed.n_out, packed.k_in, packed.format);
     let caps = WgpuCaps::of(device);
     #[cfg(not(target_family = "wasm"))]
@@ -108,7 +114,7 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
             n_out,
             k_in,
             storage: WeightStorage::Host {
-                packed: Arc::new(packed.clone()),
+                packed: Arc::new(packed.into_owned()),
                 device: device.clone(),
             },
         });
@@ -144,7 +150,7 @@ pub fn upload(packed: &PackedWeight, device: &Device) -> Result<QuantizedWeight,
         format,
         n_out,
         k_in,
-        storage: WeightStorage::Tensors(block_tensors(packed, device, scale_dtype)),
+        storage: WeightStorage::Tensors(block_tensors(&packed, device, scale_dtype)),
     })
 }
 

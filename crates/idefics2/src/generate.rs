@@ -119,7 +119,8 @@ impl Idefics2 {
         for step in 0..options.max_new_tokens {
             let logits = self.read_logits(last_hidden).await?;
             let vocab = logits.len() / batch;
-            let sampling_profile = crate::profile::scope("sampling (host)", self.device());
+            let sampling_profile =
+                crate::profile::scope("sampling (host)", || self.device().clone());
             let mut next = Vec::with_capacity(batch);
             let mut cancelled = false;
             for row in 0..batch {
@@ -201,7 +202,7 @@ impl Idefics2 {
     /// Logits of `[batch, 1, hidden]` read back as f32 `[batch * vocab]`.
     async fn read_logits(&self, last_hidden: Tensor<3>) -> Result<Vec<f32>> {
         let logits = self.logits(last_hidden).cast(DType::F32);
-        let _profile = crate::profile::scope("logits readback", self.device());
+        let _profile = crate::profile::scope("logits readback", || self.device().clone());
         let data = logits
             .into_data_async()
             .await

@@ -88,7 +88,7 @@ impl KvCache {
         k: Tensor<4>,
         v: Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>) {
-        let _profile = crate::profile::scope("kv cache writes", &k.device());
+        let _profile = crate::profile::scope("kv cache writes", || k.device());
         let [batch, kv_heads, seq, head_dim] = k.dims();
         let (start, end) = (self.len, self.len + seq);
         let cache = &mut self.layers[layer];

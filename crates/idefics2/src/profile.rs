@@ -62,12 +62,13 @@ fn sync(device: &Device) {
 }
 
 /// Counts the time until the guard drops to `kind` (exclusive of nested scopes), when profiling is
-/// on; `None` otherwise.
-pub fn scope(kind: &'static str, device: &Device) -> Option<Scope> {
+/// on; `None` otherwise. `device` is asked for only then: the scopes sit on the decode path.
+pub fn scope(kind: &'static str, device: impl FnOnce() -> Device) -> Option<Scope> {
     if !enabled() {
         return None;
     }
-    sync(device);
+    let device = device();
+    sync(&device);
     let now = Instant::now();
     STACK.with(|stack| {
         let mut stack = stack.borrow_mut();
@@ -76,9 +77,7 @@ pub fn scope(kind: &'static str, device: &Device) -> Option<Scope> {
         }
         stack.push((kind, now));
     });
-    Some(Scope {
-        device: device.clone(),
-    })
+    Some(Scope { device })
 }
 
 /// See [`scope`].
@@ -111,10 +110,10 @@ mod tests {
         let device = Device::flex();
         enable(true);
         {
-            let _outer = scope("outer", &device);
+            let _outer = scope("outer", || device.clone());
             std::thread::sleep(std::time::Duration::from_millis(10));
             {
-                let _inner = scope("inner", &device);
+                let _inner = scope("inner", || device.clone());
                 std::thread::sleep(std::time::Duration::from_millis(60));
             }
         }
@@ -126,6 +125,6 @@ mod tests {
         // The outer scope does not count the inner one's 60 ms.
         assert!(inner.1 >= 0.06 && outer.1 >= 0.01, "{outer:?} {inner:?}");
         assert!(outer.1 < inner.1, "{outer:?} {inner:?}");
-        assert!(scope("off", &device).is_none());
+        assert!(scope("off", || device.clone()).is_none());
     }
 }

@@ -417,7 +417,7 @@ impl<'a> TensorLoader<'a> {
                 }
             }
         };
-        match idefics2_kernels::upload(&packed, &self.device) {
+        match idefics2_kernels::upload_owned(packed, &self.device) {
             Ok(weight) => {
                 self.uploaded_bytes += weight.device_bytes();
                 Some(weight)
@@ -478,21 +478,12 @@ impl<'a> TensorLoader<'a> {
         let groups = k_in / layout.group;
         let words = self.host_words(&qweight, &[k_in, n_out / 8]);
         let zeros = self.host_words(&qzeros, &[groups, n_out / 8]);
-        let scales = self
-            .entry(
-                &scales,
-                &[groups, n_out],
-                &[StDtype::F16],
-                " (AWQ scales must be F16)",
-            )
-            .and_then(|(files, entry)| {
-                decode_f32(
-                    &scales,
-                    entry.dtype,
-                    &files.maps[entry.file].1[entry.start..entry.end],
-                )
-                .ok()
-            });
+        let scales = self.host_floats(
+            &scales,
+            &[groups, n_out],
+            &[StDtype::F16],
+            " (AWQ scales must be F16)",
+        );
         Some(layout.to_packed(&words?, &zeros?, &scales?, n_out, k_in))
     }
 
@@ -542,12 +533,24 @@ impl<'a> TensorLoader<'a> {
 
     /// A float tensor as f32 values on the host (synthetic ones are made here).
     fn host_values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        const FLOATS: [StDtype; 3] = [StDtype::F32, StDtype::F16, StDtype::BF16];
+        self.host_floats(name, shape, &FLOATS, "")
+    }
+
+    /// [`host_values`](Self::host_values) stored in one of `dtypes` (see [`entry`](Self::entry)
+    /// for `expected`).
+    fn host_floats(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtypes: &[StDtype],
+        expected: &str,
+    ) -> Option<Vec<f32>> {
         if self.files.is_none() {
             self.used.insert(name.to_string());
             return Some(synthetic_values(name, shape.iter().product(), self.seed));
         }
-        const FLOATS: [StDtype; 3] = [StDtype::F32, StDtype::F16, StDtype::BF16];
-        let (files, entry) = self.entry(name, shape, &FLOATS, "")?;
+        let (files, entry) = self.entry(name, shape, dtypes, expected)?;
         let bytes = &files.maps[entry.file].1[entry.start..entry.end];
         match decode_f32(name, entry.dtype, bytes) {
             Ok(values) => Some(values),

@@ -19,7 +19,7 @@ pub fn attention(
     mask: &AttentionMask,
     scale: f64,
 ) -> Tensor<3> {
-    let _profile = profile::scope("attention", &q.device());
+    let _profile = profile::scope("attention", || q.device());
     idefics2_kernels::attention(q, k, v, mask, scale)
 }
 

@@ -40,7 +40,7 @@ impl Connector {
     /// - `mask`: key padding over `patches + n_latents` keys
     /// - returns `[images, n_latents, text_hidden]`
     pub fn forward(&self, image_hidden: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
-        let _profile = crate::profile::scope("connector: other", &image_hidden.device());
+        let _profile = crate::profile::scope("connector: other", || image_hidden.device());
         let context = self.modality_projection.forward(image_hidden);
         self.perceiver_resampler.forward(context, mask)
     }

@@ -97,7 +97,7 @@ impl Linear {
     /// # Shapes
     /// `[batch, seq, in]` -> `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let _profile = profile::scope(self.kind, &x.device());
+        let _profile = profile::scope(self.kind, || x.device());
         let [batch, seq, in_features] = x.dims();
         let y = match &self.weight {
             LinearWeight::Float(weight) => x
@@ -139,7 +139,7 @@ impl LayerNorm {
     /// # Shapes
     /// `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let _profile = profile::scope("norms", &x.device());
+        let _profile = profile::scope("norms", || x.device());
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let mean = x.clone().mean_dim(2);
@@ -169,7 +169,7 @@ impl RmsNorm {
     /// # Shapes
     /// `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let _profile = profile::scope("norms", &x.device());
+        let _profile = profile::scope("norms", || x.device());
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let variance = x.clone().square().mean_dim(2);
@@ -236,7 +236,7 @@ impl GatedMlp {
         let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
         let hidden = {
-            let _profile = profile::scope("activations", &gate.device());
+            let _profile = profile::scope("activations", || gate.device());
             activate(self.act, gate) * up
         };
         self.down_proj.forward(hidden)

@@ -42,7 +42,7 @@ pub fn rope_tables(
 /// # Shapes
 /// `x`: `[batch, heads, seq, head_dim]`, `cos`/`sin`: `[batch, 1, seq, head_dim]` -> like `x`
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let _profile = crate::profile::scope("rope", &x.device());
+    let _profile = crate::profile::scope("rope", || x.device());
     let [batch, heads, seq, head_dim] = x.dims();
     let half = head_dim / 2;
     let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);

@@ -122,7 +122,7 @@ impl TextModel {
         mask: &AttentionMask,
         cache: &mut KvCache,
     ) -> Tensor<3> {
-        let _profile = crate::profile::scope("text decoder: other", &embeds.device());
+        let _profile = crate::profile::scope("text decoder: other", || embeds.device());
         let [batch, seq, _] = embeds.dims();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
         let (cos, sin) = rope_tables(

@@ -144,7 +144,7 @@ impl VisionModel {
         position_ids: Tensor<2, Int>,
         mask: &AttentionMask,
     ) -> Tensor<3> {
-        let _profile = crate::profile::scope("vision encoder: other", &patches.device());
+        let _profile = crate::profile::scope("vision encoder: other", || patches.device());
         let [images, num_patches, _] = patches.dims();
         let hidden = self.embeddings.position_embedding.dims()[1];
         let positions = self
@@ -163,7 +163,7 @@ impl VisionModel {
             let h = layer.layer_norm2.forward(x);
             let h = layer.mlp.fc1.forward(h);
             let h = {
-                let _profile = crate::profile::scope("activations", &h.device());
+                let _profile = crate::profile::scope("activations", || h.device());
                 activate(layer.mlp.act, h)
             };
             let h = layer.mlp.fc2.forward(h);

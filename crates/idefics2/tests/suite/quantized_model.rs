@@ -89,6 +89,20 @@ fn relative_logit_error(model: &Idefics2, checkpoint: &str) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// For every case and each `(label, expected, got)` model pair: the last-position logits within
+/// `bound` of each other (printed).
+fn same_logits(checkpoint: &str, what: &str, pairs: [(&str, &Idefics2, &Idefics2); 2], bound: f64) {
+    for case_name in CASES {
+        for (label, expected, got) in pairs {
+            let a = last_logits(expected, case_name, checkpoint);
+            let b = last_logits(got, case_name, checkpoint);
+            let diff = max_abs_diff(what, &b, &a);
+            println!("{checkpoint}/{case_name}: {label} {what} logits max diff {diff:.2e}");
+            assert!(diff < bound, "{checkpoint}/{case_name} {label}: {diff}");
+        }
+    }
+}
+
 fn load(checkpoint: &str, device: &Device, format: QuantFormat) -> Idefics2 {
     let dir = common::checkpoint(checkpoint);
     Idefics2::load_quantized(&dir, device, DType::F32, QuantPolicy::new(Some(format))).unwrap()
@@ -130,31 +144,13 @@ fn quantized_models_match_the_reference() {
         let q8_oracle = load(checkpoint, &cpu, QuantFormat::Q8_32);
         let q4_oracle = load(checkpoint, &cpu, QuantFormat::Q4_32);
         idefics2_kernels::force_tensor_weights(false);
-        for case_name in CASES {
-            for (label, fast, oracle) in [("q8", &q8, &q8_oracle), ("q4", &q4, &q4_oracle)] {
-                let a = last_logits(oracle, case_name, checkpoint);
-                let b = last_logits(fast, case_name, checkpoint);
-                let diff = max_abs_diff("cpu matmul vs plain burn", &b, &a);
-                println!(
-                    "{checkpoint}/{case_name}: {label} cpu matmul vs plain-burn logits max diff {diff:.2e}"
-                );
-                assert!(diff < 1e-4, "{checkpoint}/{case_name} {label}: {diff}");
-            }
-        }
+        let pairs = [("q8", &q8_oracle, &q8), ("q4", &q4_oracle, &q4)];
+        same_logits(checkpoint, "cpu matmul vs plain-burn", pairs, 1e-4);
 
         // The kernels on wgpu give what the reference gives on the CPU.
         let q4_gpu = load(checkpoint, &gpu, QuantFormat::Q4_32);
-        for case_name in CASES {
-            for (label, on_cpu, on_gpu) in [("q8", &q8, &q8_gpu), ("q4", &q4, &q4_gpu)] {
-                let a = last_logits(on_cpu, case_name, checkpoint);
-                let b = last_logits(on_gpu, case_name, checkpoint);
-                let diff = max_abs_diff("wgpu vs cpu", &b, &a);
-                println!(
-                    "{checkpoint}/{case_name}: {label} wgpu vs cpu logits max diff {diff:.2e}"
-                );
-                assert!(diff < 1e-3, "{checkpoint}/{case_name} {label}: {diff}");
-            }
-        }
+        let pairs = [("q8", &q8, &q8_gpu), ("q4", &q4, &q4_gpu)];
+        same_logits(checkpoint, "wgpu vs cpu", pairs, 1e-3);
 
         // Saved q4 loads to exactly what quantizing at load gives.
         let out = std::env::temp_dir().join(format!(
