@@ -200,7 +200,7 @@ impl Idefics2 {
     }
 
     /// Logits of `[batch, 1, hidden]` read back as f32 `[batch * vocab]`.
-    async fn read_logits(&self, last_hidden: Tensor<3>) -> Result<Vec<f32>> {
+    pub(crate) async fn read_logits(&self, last_hidden: Tensor<3>) -> Result<Vec<f32>> {
         let logits = self.logits(last_hidden).cast(DType::F32);
         let _profile = crate::profile::scope("logits readback", || self.device().clone());
         let data = logits

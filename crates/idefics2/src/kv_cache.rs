@@ -106,4 +106,81 @@ impl KvCache {
     pub(crate) fn advance(&mut self, seq: usize) {
         self.len += seq;
     }
+
+    /// A new cache whose rows are copies of `rows`: each source row's last `used` positions are
+    /// placed so that they end at the new length (the largest `used`), and the positions before
+    /// them are padding for the attention mask to hide. How a batch that decodes in lockstep takes
+    /// in a new row, lets a finished one go (freeing its memory) or drops padding that no row
+    /// needs any more.
+    ///
+    /// # Shapes
+    /// each source: `[batch, kv_heads, len, head_dim]` -> `[rows.len(), kv_heads, capacity, head_dim]`
+    pub fn gather(rows: &[RowSource<'_>], capacity: usize) -> Result<Self> {
+        let Some(first) = rows.first() else {
+            return Err(Error::InputShape {
+                what: "KV cache rows to gather (none)".into(),
+                expected: vec![1],
+                got: vec![0],
+            });
+        };
+        let len = rows.iter().map(|r| r.used).max().unwrap_or(0);
+        for row in rows {
+            if row.used > row.cache.len || row.row >= row.cache.batch {
+                return Err(Error::InputShape {
+                    what: "KV cache row to gather (row, used positions)".into(),
+                    expected: vec![row.cache.batch, row.cache.len],
+                    got: vec![row.row, row.used],
+                });
+            }
+        }
+        if len > capacity {
+            return Err(Error::TooManyTokens {
+                tokens: len,
+                limit: capacity,
+                what: "KV cache capacity".into(),
+            });
+        }
+        let layers = (0..first.cache.layers.len())
+            .map(|layer| {
+                let template = &first.cache.layers[layer].k;
+                let [_, kv_heads, _, head_dim] = template.dims();
+                let shape = [rows.len(), kv_heads, capacity, head_dim];
+                let options = (&template.device(), template.dtype());
+                let mut k = Tensor::zeros(shape, options);
+                let mut v = Tensor::zeros(shape, options);
+                for (index, row) in rows.iter().enumerate().filter(|(_, r)| r.used > 0) {
+                    let source = &row.cache.layers[layer];
+                    let from = [
+                        row.row..row.row + 1,
+                        0..kv_heads,
+                        row.cache.len - row.used..row.cache.len,
+                        0..head_dim,
+                    ];
+                    let to = [
+                        index..index + 1,
+                        0..kv_heads,
+                        len - row.used..len,
+                        0..head_dim,
+                    ];
+                    k = k.slice_assign(to.clone(), source.k.clone().slice(from.clone()));
+                    v = v.slice_assign(to, source.v.clone().slice(from));
+                }
+                LayerCache { k, v }
+            })
+            .collect();
+        Ok(Self {
+            layers,
+            batch: rows.len(),
+            capacity,
+            len,
+        })
+    }
+}
+
+/// One row of a cache for [`KvCache::gather`]: its last `used` positions hold data.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSource<'a> {
+    pub cache: &'a KvCache,
+    pub row: usize,
+    pub used: usize,
 }

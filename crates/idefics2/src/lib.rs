@@ -6,6 +6,8 @@ pub mod config;
 #[cfg(not(target_family = "wasm"))]
 pub mod default_model;
 pub mod device;
+#[cfg(not(target_family = "wasm"))]
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;

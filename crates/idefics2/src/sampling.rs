@@ -102,6 +102,29 @@ pub fn log_prob(logits: &[f32], token: usize) -> f32 {
     ((logits[token] - max) as f64 - sum.ln()) as f32
 }
 
+/// The `k` most likely tokens under softmax(`logits`) with their natural-log probabilities, most
+/// likely first (ties by lower id).
+pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits
+        .iter()
+        .map(|&l| ((l - max) as f64).exp())
+        .sum::<f64>()
+        .ln();
+    let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let mut ids: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    ids.select_nth_unstable_by(k - 1, order);
+    ids.truncate(k);
+    ids.sort_by(order);
+    ids.into_iter()
+        .map(|i| (i as u32, ((logits[i] - max) as f64 - log_sum) as f32))
+        .collect()
+}
+
 /// `RepetitionPenaltyLogitsProcessor`: every token seen so far is made less likely.
 pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
     if penalty == 1.0 {
@@ -207,6 +230,16 @@ mod tests {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
         let lp = log_prob(&[0.0, 0.0], 0);
         assert!((lp - (0.5f32).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_log_probs_are_sorted_and_normalised() {
+        let logits = [1.0, 3.0, 2.0, 3.0];
+        let top = top_log_probs(&logits, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert!((top[0].1 - log_prob(&logits, 1)).abs() < 1e-6);
+        assert!((top[2].1 - log_prob(&logits, 2)).abs() < 1e-6);
+        assert_eq!(top_log_probs(&logits, 9).len(), 4);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod common;
 
 mod awq_checkpoint;
+mod engine;
 mod generation;
 mod model_parity;
 mod panics;

@@ -1,0 +1,334 @@
+//! The engine's thread: owns the model, admits queued requests into the running batch, and
+//! decodes every running request one token per step (continuous batching).
+//!
+//! Rows decode in lockstep over one KV cache. Each row's keys end at the cache's current length,
+//! preceded by padding the attention mask hides, so a row that joins (prefilled alone, then
+//! gathered in) or leaves only changes which rows the cache holds; RoPE positions are per row.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use burn::tensor::Tensor;
+use web_time::Instant;
+
+use super::request::{CancelHandle, EngineEvent, EngineRequest, StopReason};
+use super::row::{Row, Vocabulary};
+use super::{EngineConfig, Shared};
+use crate::error::Result;
+use crate::kv_cache::{KvCache, RowSource};
+use crate::model::{Idefics2, ModelInput};
+use crate::processor::Idefics2Processor;
+
+/// A request on its way to the worker.
+pub(super) struct Submission {
+    pub id: u64,
+    pub request: EngineRequest,
+    pub events: async_channel::Sender<EngineEvent>,
+    pub cancel: CancelHandle,
+    pub enqueued: Instant,
+}
+
+pub(super) struct Worker {
+    pub model: Idefics2,
+    pub processor: Arc<Idefics2Processor>,
+    pub eos_token_ids: Vec<u32>,
+    pub bad_words_ids: Vec<Vec<u32>>,
+    pub special: HashSet<u32>,
+    pub config: EngineConfig,
+    pub shared: Arc<Shared>,
+    pub inbox: mpsc::Receiver<Submission>,
+    waiting: VecDeque<Submission>,
+    rows: Vec<Row>,
+    cache: Option<KvCache>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Idefics2,
+        processor: Arc<Idefics2Processor>,
+        eos_token_ids: Vec<u32>,
+        bad_words_ids: Vec<Vec<u32>>,
+        special: HashSet<u32>,
+        config: EngineConfig,
+        shared: Arc<Shared>,
+        inbox: mpsc::Receiver<Submission>,
+    ) -> Self {
+        Self {
+            model,
+            processor,
+            eos_token_ids,
+            bad_words_ids,
+            special,
+            config,
+            shared,
+            inbox,
+            waiting: VecDeque::new(),
+            rows: Vec::new(),
+            cache: None,
+        }
+    }
+
+    /// Runs until every handle to the engine is gone and no request is left.
+    pub fn run(mut self) {
+        loop {
+            if self.rows.is_empty() && self.waiting.is_empty() {
+                match self.inbox.recv() {
+                    Ok(submission) => self.waiting.push_back(submission),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(submission) = self.inbox.try_recv() {
+                self.waiting.push_back(submission);
+            }
+            self.admit();
+            if !self.rows.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let shared = &self.shared;
+        shared.queued.store(self.waiting.len(), Ordering::Relaxed);
+        shared.running.store(self.rows.len(), Ordering::Relaxed);
+        let cached = self.cache.as_ref().map_or(0, |c| c.batch() * c.capacity());
+        shared.kv_tokens.store(cached, Ordering::Relaxed);
+    }
+
+    /// Prefills queued requests, oldest first, while the batch has room for them.
+    fn admit(&mut self) {
+        while let Some(next) = self.waiting.front() {
+            if next.cancel.is_cancelled() || next.events.is_closed() {
+                let dropped = self.waiting.pop_front();
+                drop(dropped);
+                self.shared.done(1);
+                continue;
+            }
+            let reserved = next.request.input_ids.len() + next.request.params.max_new_tokens;
+            let widest = self
+                .rows
+                .iter()
+                .map(|r| r.reserved)
+                .max()
+                .unwrap_or(0)
+                .max(reserved);
+            // Rows share one cache length, so the batch holds (rows x its longest row).
+            let fits = self.rows.len() < self.config.max_batch_size
+                && (self.rows.len() + 1) * widest <= self.config.kv_budget_tokens();
+            if !fits {
+                break;
+            }
+            let Some(submission) = self.waiting.pop_front() else {
+                break;
+            };
+            self.shared
+                .queued
+                .store(self.waiting.len(), Ordering::Relaxed);
+            self.prefill(submission);
+        }
+    }
+
+    fn vocabulary(&self) -> Vocabulary<'_> {
+        Vocabulary {
+            prompt: &self.processor.prompt,
+            eos_token_ids: &self.eos_token_ids,
+            bad_words_ids: &self.bad_words_ids,
+            special: &self.special,
+        }
+    }
+
+    /// Encodes the request's images and prompt alone, takes its first token, and lets the row
+    /// join the running batch unless it already ended.
+    fn prefill(&mut self, submission: Submission) {
+        let Submission {
+            id,
+            request,
+            events,
+            cancel,
+            enqueued,
+        } = submission;
+        let mut row = Row::new(
+            id,
+            &request.input_ids,
+            request.params.clone(),
+            events,
+            cancel,
+            enqueued,
+        );
+        let model = &self.model;
+        let run = || -> Result<(KvCache, Vec<f32>)> {
+            let input = ModelInput::single(request.input_ids, request.pixels);
+            let features = match &input.pixels {
+                Some(pixels) => model.image_features(pixels)?,
+                None => None,
+            };
+            let embeds = model.inputs_embeds(&input, features)?;
+            let mut cache = model.new_cache(1, input.seq)?;
+            let mask = vec![1u8; input.seq];
+            let hidden = model.decode(embeds, &mask, &input.positions(), &mut cache)?;
+            let [_, seq, hidden_size] = hidden.dims();
+            let last = hidden.slice([0..1, seq - 1..seq, 0..hidden_size]);
+            let logits = futures_lite::future::block_on(model.read_logits(last))?;
+            Ok((cache, logits))
+        };
+        let (cache, logits) = match crate::catch_panics(run) {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return self.fail_one(row, e.to_string()),
+            Err(panic) => return self.fail_one(row, panic_message(&*panic)),
+        };
+        self.shared
+            .prompt_tokens
+            .fetch_add(row.prompt_tokens, Ordering::Relaxed);
+        row.take_token(&logits, &self.vocabulary());
+        self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        if row.finished.is_some() {
+            row.finish(&self.vocabulary());
+            self.shared.done(1);
+            return;
+        }
+        self.rows.push(row);
+        let joined = self.regather(Some(&cache));
+        if let Err(message) = joined {
+            self.fail_all(message);
+        }
+    }
+
+    /// Rebuilds the batch's cache for the rows now in `self.rows`: the running rows come from the
+    /// current cache, the last one from `joining` when a row joins.
+    fn regather(&mut self, joining: Option<&KvCache>) -> std::result::Result<(), String> {
+        let running = self.rows.len() - usize::from(joining.is_some());
+        let longest = self.rows.iter().map(|r| r.used).max().unwrap_or(0);
+        let ahead = self.rows.iter().map(Row::remaining).max().unwrap_or(0);
+        let mut sources = Vec::with_capacity(self.rows.len());
+        for (index, row) in self.rows.iter().enumerate() {
+            let (cache, cache_row) = match (index < running, &self.cache, joining) {
+                (true, Some(cache), _) => (cache, row.slot),
+                (false, _, Some(cache)) => (cache, 0),
+                _ => return Err("the engine lost a row's KV cache".into()),
+            };
+            sources.push(RowSource {
+                cache,
+                row: cache_row,
+                used: row.used,
+            });
+        }
+        let gathered = if sources.is_empty() {
+            None
+        } else {
+            let run = || KvCache::gather(&sources, longest + ahead);
+            match crate::catch_panics(run) {
+                Ok(Ok(cache)) => Some(cache),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(panic) => return Err(panic_message(&*panic)),
+            }
+        };
+        self.cache = gathered;
+        for (slot, row) in self.rows.iter_mut().enumerate() {
+            row.slot = slot;
+        }
+        Ok(())
+    }
+
+    /// One token for every running row.
+    fn step(&mut self) {
+        let Some(cache) = self.cache.as_mut() else {
+            return self.fail_all("the engine lost its KV cache".into());
+        };
+        let (batch, len) = (self.rows.len(), cache.len());
+        let mut mask = Vec::with_capacity(batch * (len + 1));
+        for row in &self.rows {
+            mask.extend(std::iter::repeat_n(0u8, len - row.used));
+            mask.extend(std::iter::repeat_n(1u8, row.used + 1));
+        }
+        let positions: Vec<i64> = self.rows.iter().map(|r| r.used as i64).collect();
+        let ids: Vec<u32> = self.rows.iter().map(|r| r.last).collect();
+        let model = &self.model;
+        let run = || -> Result<Vec<f32>> {
+            let embeds: Tensor<3> = model.model.text_model.embed(&ids, batch, 1);
+            let hidden = model.decode(embeds, &mask, &positions, cache)?;
+            futures_lite::future::block_on(model.read_logits(hidden))
+        };
+        let logits = match crate::catch_panics(run) {
+            Ok(Ok(logits)) => logits,
+            Ok(Err(e)) => return self.fail_all(e.to_string()),
+            Err(panic) => return self.fail_all(panic_message(&*panic)),
+        };
+        let vocab_size = logits.len() / batch;
+        let vocabulary = Vocabulary {
+            prompt: &self.processor.prompt,
+            eos_token_ids: &self.eos_token_ids,
+            bad_words_ids: &self.bad_words_ids,
+            special: &self.special,
+        };
+        for (index, row) in self.rows.iter_mut().enumerate() {
+            row.used += 1;
+            row.take_token(
+                &logits[index * vocab_size..(index + 1) * vocab_size],
+                &vocabulary,
+            );
+        }
+        self.shared
+            .generated_tokens
+            .fetch_add(batch, Ordering::Relaxed);
+        self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.retire();
+    }
+
+    /// Ends the rows that finished and frees their cache rows at once.
+    fn retire(&mut self) {
+        for row in &mut self.rows {
+            if row.finished.is_none() && row.abandoned() {
+                row.finished = Some(StopReason::Cancelled);
+            }
+        }
+        if self.rows.iter().all(|r| r.finished.is_none()) {
+            return;
+        }
+        let vocabulary = Vocabulary {
+            prompt: &self.processor.prompt,
+            eos_token_ids: &self.eos_token_ids,
+            bad_words_ids: &self.bad_words_ids,
+            special: &self.special,
+        };
+        let mut ended = 0;
+        for row in self.rows.iter_mut().filter(|r| r.finished.is_some()) {
+            row.finish(&vocabulary);
+            ended += 1;
+        }
+        self.rows.retain(|r| r.finished.is_none());
+        self.shared.done(ended);
+        if let Err(message) = self.regather(None) {
+            self.fail_all(message);
+        }
+    }
+
+    fn fail_one(&mut self, mut row: Row, message: String) {
+        tracing::warn!(request = row.id, "request failed: {message}");
+        row.fail(message);
+        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+        self.shared.done(1);
+    }
+
+    /// A decode step failed (a GPU error): every running request ends with it.
+    fn fail_all(&mut self, message: String) {
+        tracing::warn!("decode step failed: {message}");
+        let rows = std::mem::take(&mut self.rows);
+        self.cache = None;
+        for row in rows {
+            self.fail_one(row, message.clone());
+        }
+    }
+}
+
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("the model failed: {text}")
+}
