@@ -6,6 +6,7 @@ mod chat;
 mod generate;
 mod hub;
 mod options;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Write a copy of a model with its linear layers quantized (loads much faster than
     /// quantizing at every start).
     Quantize(QuantizeArgs),
+    /// Serve the model over HTTP: TGI's routes (`POST /`, /generate, /generate_stream) and
+    /// OpenAI's (/v1/chat/completions, /v1/completions), batching concurrent requests.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Bench(args) => bench::run(args),
         Command::Quantize(args) => quantize(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

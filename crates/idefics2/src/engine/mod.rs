@@ -87,6 +87,7 @@ pub(crate) struct Shared {
     generated_tokens: AtomicUsize,
     decode_steps: AtomicUsize,
     failed: AtomicUsize,
+    cancelled: AtomicUsize,
     closing: AtomicBool,
 }
 
@@ -107,6 +108,8 @@ pub struct EngineStats {
     pub generated_tokens: usize,
     pub decode_steps: usize,
     pub failed: usize,
+    /// Requests that ended because they were cancelled or their receiver was dropped.
+    pub cancelled: usize,
 }
 
 struct Inner {
@@ -279,6 +282,7 @@ impl Engine {
             generated_tokens: get(&s.generated_tokens),
             decode_steps: get(&s.decode_steps),
             failed: get(&s.failed),
+            cancelled: get(&s.cancelled),
         }
     }
 }

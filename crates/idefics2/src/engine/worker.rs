@@ -105,6 +105,7 @@ impl Worker {
             if next.cancel.is_cancelled() || next.events.is_closed() {
                 let dropped = self.waiting.pop_front();
                 drop(dropped);
+                self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
                 self.shared.done(1);
                 continue;
             }
@@ -186,6 +187,9 @@ impl Worker {
         row.take_token(&logits, &self.vocabulary());
         self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if row.finished.is_some() {
+            if row.finished == Some(StopReason::Cancelled) {
+                self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             row.finish(&self.vocabulary());
             self.shared.done(1);
             return;
@@ -296,6 +300,9 @@ impl Worker {
         };
         let mut ended = 0;
         for row in self.rows.iter_mut().filter(|r| r.finished.is_some()) {
+            if row.finished == Some(StopReason::Cancelled) {
+                self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             row.finish(&vocabulary);
             ended += 1;
         }
