@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// Pixels of one image at most, as its header declares them.
     #[arg(long, default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
+    /// Bytes of one image at most (fetched, or decoded from a data URI).
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_image_bytes: usize,
+    /// Seconds to fetch one image URL at most.
+    #[arg(long, default_value_t = 10.0)]
+    pub image_fetch_timeout: f64,
     /// Require `Authorization: Bearer KEY` on every route but /health.
     #[arg(long, env = "IDEFICS2_API_KEY")]
     pub api_key: Option<String>,
@@ -103,6 +109,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         limits: ServerLimits {
             payload_bytes: args.payload_limit,
             image_pixels: args.max_image_pixels,
+            image_bytes: args.max_image_bytes,
+            fetch_timeout: std::time::Duration::try_from_secs_f64(args.image_fetch_timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .context("--image-fetch-timeout must be a positive number of seconds")?,
             ..ServerLimits::default()
         },
         api_key: args.api_key.clone(),

@@ -45,9 +45,13 @@ impl Drop for Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_on("cpu", extra)
+    }
+
+    fn start_on(device: &str, extra: &[&str]) -> Self {
         let data = std::env::temp_dir().join(format!("idefics2-serve-data-{}", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_idefics2"))
-            .args(["serve", "--port", "0", "--device", "cpu"])
+            .args(["serve", "--port", "0", "--device", device])
             .args(extra)
             .env("IDEFICS2_DATA_DIR", &data)
             .stdout(Stdio::piped())
@@ -66,7 +70,7 @@ impl Server {
         let server = Self { child, port };
         let start = Instant::now();
         while server.get("/health").0 != 200 {
-            assert!(start.elapsed() < Duration::from_secs(120), "never healthy");
+            assert!(start.elapsed() < Duration::from_secs(300), "never healthy");
             std::thread::sleep(Duration::from_millis(100));
         }
         server
@@ -873,4 +877,143 @@ fn limits_cancellation_and_bad_requests() {
     let (status, body) = post("/generate", &tgi("Hi", json!({"max_new_tokens": 2})));
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.get("/health").0, 200);
+}
+
+/// A local HTTP server for image URLs: `/shapes.png`, `/redirect` (to it), `/loop` (redirects
+/// for ever), `/big` (declares 20 MB), `/endless` (chunked, never ends), `/slow` (answers after
+/// 5 s), anything else 404.
+fn image_host() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let png = std::fs::read(sample("shapes.png")).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let png = png.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap_or(0);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = match path.as_str() {
+                    "/shapes.png" => {
+                        write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", png.len())
+                            .and_then(|()| stream.write_all(&png))
+                    }
+                    "/redirect" => write!(stream, "HTTP/1.1 302 Found\r\nLocation: /shapes.png\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                    "/loop" => write!(stream, "HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                    "/big" => write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 20000000\r\nConnection: close\r\n\r\n"),
+                    "/endless" => {
+                        let chunk = vec![b'x'; 65536];
+                        write!(stream, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").and_then(|()| loop {
+                            write!(stream, "10000\r\n")?;
+                            stream.write_all(&chunk)?;
+                            write!(stream, "\r\n")?;
+                        })
+                    }
+                    "/slow" => {
+                        std::thread::sleep(Duration::from_secs(5));
+                        write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    }
+                    _ => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                };
+            });
+        }
+    });
+    port
+}
+
+/// The wgpu case (lavapipe in CI): image URLs fetched within their limits, answers equal the
+/// CPU command line's; then SIGTERM lets the stream in flight finish and the process exit.
+#[test]
+fn serve_on_wgpu_fetches_urls_and_stops_gracefully() {
+    let expected = expected();
+    let host = image_host();
+    let server = Server::start_on(
+        "gpu",
+        &["--max-image-bytes", "1000000", "--image-fetch-timeout", "1"],
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{host}{path}");
+    let ask = |image: &str| json!({"inputs": raw_prompt(QUESTIONS[0].1, &format!("![]({image})")), "parameters": {"max_new_tokens": 12, "details": true}});
+    for path in ["/shapes.png", "/redirect"] {
+        let (status, body) = server.post("/generate", &ask(&url(path)));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(
+            body["generated_text"].as_str().unwrap(),
+            expected.raw[0].0,
+            "{path}"
+        );
+        assert_eq!(
+            ids_of(&body["details"]["tokens"]),
+            expected.raw[0].1,
+            "{path}"
+        );
+    }
+    for (path, why) in [
+        ("/loop", "redirects"),
+        ("/big", "larger than the limit of 1000000 bytes"),
+        ("/endless", "larger than the limit of 1000000 bytes"),
+        ("/slow", "no answer within"),
+        ("/missing.png", "HTTP 404"),
+    ] {
+        let start = Instant::now();
+        let (status, body) = server.post("/generate", &ask(&url(path)));
+        assert_eq!(status, 422, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(why),
+            "{path}: {body}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{path} took {:?}",
+            start.elapsed()
+        );
+    }
+
+    // SIGTERM while a stream is running: it finishes, new connections are refused, the process
+    // exits with success.
+    let mut server = server;
+    let long = json!({"inputs": "User:Hello<end_of_utterance>\nAssistant:", "parameters": {"max_new_tokens": 30, "temperature": 5.0, "seed": 3}}).to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(stream, "POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{long}", long.len()).unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        stream.read_exact(&mut byte).unwrap();
+        seen.push(byte[0]);
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    let body = format!("{}{rest}", String::from_utf8_lossy(&seen));
+    let events = sse_events(&dechunk(body.split_once("\r\n\r\n").unwrap().1));
+    let last = parse(events.last().unwrap());
+    assert_eq!(
+        last["details"]["generated_tokens"].as_u64().unwrap() as usize,
+        events.len(),
+        "{body}"
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
 }

@@ -61,7 +61,14 @@ pub async fn fetch(state: &AppState, source: &str) -> Result<Vec<u8>, ApiError> 
         } else if e.is_redirect() {
             format!("more than {} redirects", limits.fetch_redirects)
         } else {
-            e.to_string()
+            // reqwest's own message is generic; the cause (refused, DNS, TLS) is in its sources.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
         };
         ApiError::validation(format!("fetching image {source}: {why}"))
     };
