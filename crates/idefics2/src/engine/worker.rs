@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use burn::tensor::Tensor;
+use rayon::prelude::*;
 use web_time::Instant;
 
 use super::request::{CancelHandle, EngineEvent, EngineRequest, StopReason};
@@ -268,13 +269,15 @@ impl Worker {
             bad_words_ids: &self.bad_words_ids,
             special: &self.special,
         };
-        for (index, row) in self.rows.iter_mut().enumerate() {
-            row.used += 1;
-            row.take_token(
-                &logits[index * vocab_size..(index + 1) * vocab_size],
-                &vocabulary,
-            );
-        }
+        // Rows choose their tokens in parallel: with a small model on the CPU, the host's work
+        // per row (softmax over the vocabulary, text decoding) rivals the decode step itself.
+        self.rows
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab_size))
+            .for_each(|(row, logits)| {
+                row.used += 1;
+                row.take_token(logits, &vocabulary);
+            });
         self.shared
             .generated_tokens
             .fetch_add(batch, Ordering::Relaxed);
