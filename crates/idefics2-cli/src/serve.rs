@@ -83,9 +83,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "--max-concurrent-requests must be at least 1"
     );
     let image_options = args.image.options();
-    if let Some(edge) = image_options.longest_edge {
-        anyhow::ensure!(edge >= 1, "--longest-edge must be at least 1 pixel");
-    }
+    image_options.validate()?;
     let engine = EngineConfig {
         max_batch_size: args.max_batch_size,
         max_input_tokens,

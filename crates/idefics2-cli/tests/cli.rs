@@ -519,6 +519,35 @@ fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
 fn bad_input_gives_one_clear_line() {
     let m = model("tiny-f32");
     let dir = tempdir("errors");
+    // The processor's one validation of image options, which the app and the server share.
+    for (flag, value) in [("--longest-edge", "0"), ("--shortest-edge", "5000")] {
+        let err = fails(
+            &[
+                "generate",
+                "--model",
+                &m,
+                "--prompt",
+                ONE_IMAGE_PROMPT,
+                "--image",
+                &image("a.png"),
+                flag,
+                value,
+            ],
+            &[],
+        );
+        let name = flag.trim_start_matches("--").replace('-', " ");
+        assert!(
+            err.contains(&format!(
+                "{name} {value} is out of range: 14 to 4096 pixels"
+            )),
+            "{err}"
+        );
+    }
+    let err = fails(
+        &["serve", "--model", &m, "--longest-edge", "0", "--port", "0"],
+        &[],
+    );
+    assert!(err.contains("longest edge 0 is out of range"), "{err}");
     let err = fails(
         &[
             "generate",

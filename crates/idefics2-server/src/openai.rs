@@ -123,7 +123,7 @@ pub struct CompletionRequest {
 impl Sampler {
     /// The engine's settings: `temperature` 0 is greedy (OpenAI's default is 1), `top_p` in
     /// (0, 1]; without `max_tokens` the answer may fill `max_total_tokens`.
-    fn to_params(
+    pub fn to_params(
         &self,
         default_max: usize,
         top_logprobs: usize,
@@ -197,7 +197,7 @@ impl Sampler {
 }
 
 /// The chat as the template takes it, and its image addresses in order.
-fn chat_messages(messages: Vec<Message>) -> Result<(Vec<ChatMessage>, Vec<String>), ApiError> {
+pub fn chat_messages(messages: Vec<Message>) -> Result<(Vec<ChatMessage>, Vec<String>), ApiError> {
     if messages.is_empty() {
         return Err(ApiError::validation("`messages` cannot be empty").with_param("messages"));
     }

@@ -182,6 +182,35 @@ pub struct ImageOptions {
     pub shortest_edge: Option<u32>,
 }
 
+impl ImageOptions {
+    /// Edges from one patch (14 px) to 4096 px: a smaller image has no patch to encode, a larger
+    /// one only costs memory (the processor scales images up to `shortest_edge`).
+    pub const EDGE_RANGE: std::ops::RangeInclusive<u32> = 14..=4096;
+
+    /// The first option out of range, named as the command line and the app name it.
+    pub fn validate(&self) -> Result<()> {
+        for (option, value) in [
+            ("longest edge", self.longest_edge),
+            ("shortest edge", self.shortest_edge),
+        ] {
+            if let Some(value) = value
+                && !Self::EDGE_RANGE.contains(&value)
+            {
+                return Err(ProcessorError::ImageOption {
+                    option,
+                    value,
+                    expected: format!(
+                        "{} to {} pixels",
+                        Self::EDGE_RANGE.start(),
+                        Self::EDGE_RANGE.end()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `Ok(None)` when the model has no file `name`; any other read or parse failure is an error.
 pub(crate) fn read_optional_json<T: serde::de::DeserializeOwned>(
     model: &ModelFiles,

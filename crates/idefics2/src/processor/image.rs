@@ -253,6 +253,7 @@ impl ImageProcessor {
         images: &[Vec<DynamicImage>],
         options: &ImageOptions,
     ) -> Result<PixelBatch> {
+        options.validate()?;
         let config = self.config.with_options(options);
         let mut resized: Vec<Vec<(Vec<u8>, usize, usize)>> = Vec::with_capacity(images.len());
         for sample in images {

@@ -96,6 +96,7 @@ impl Idefics2Processor {
         if prompts.is_empty() {
             return Err(ProcessorError::EmptyBatch);
         }
+        options.validate()?;
         if !images.is_empty() && images.len() != prompts.len() {
             return Err(ProcessorError::BatchSize {
                 prompts: prompts.len(),

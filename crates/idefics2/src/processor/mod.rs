@@ -75,6 +75,12 @@ pub enum ProcessorError {
     BatchSize { prompts: usize, samples: usize },
     #[error("the batch is empty")]
     EmptyBatch,
+    #[error("{option} {value} is out of range: {expected}")]
+    ImageOption {
+        option: &'static str,
+        value: u32,
+        expected: String,
+    },
     #[error("tokenizer {origin}: {source}")]
     Tokenizer {
         /// The tokenizer file, or `<bundled>`.
