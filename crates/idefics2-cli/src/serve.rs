@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// KV cache positions of the whole batch (default: max-total-tokens x max-batch-size).
     #[arg(long)]
     pub max_batch_total_tokens: Option<usize>,
+    /// KV positions kept from finished requests, so that the next turn of a chat starts from
+    /// them instead of encoding its images again (default: 2 x max-total-tokens; 0: off).
+    #[arg(long)]
+    pub prefix_cache_tokens: Option<usize>,
     /// Stop sequences per request at most.
     #[arg(long, default_value_t = 4)]
     pub max_stop_sequences: usize,
@@ -91,6 +95,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_concurrent_requests: args.max_concurrent_requests,
         max_batch_total_tokens: args.max_batch_total_tokens,
         max_stop_sequences: args.max_stop_sequences,
+        prefix_cache_tokens: args.prefix_cache_tokens.unwrap_or(2 * max_total_tokens),
     };
     let options = ServeOptions {
         host: args.host.clone(),

@@ -297,9 +297,26 @@ fn serve_answers_as_generate_does() {
         };
         assert_eq!(body["details"]["finish_reason"], reason);
         assert_eq!(body["details"]["generated_tokens"], ids.len());
+        // The same request again continues from the first one's cached prefix: the same tokens,
+        // log-probabilities equal within float noise.
         let (status, array) = server.post("/", &tgi_body(index, false));
         assert_eq!(status, 200);
-        assert_eq!(array[0], body);
+        assert_eq!(array[0]["generated_text"], body["generated_text"]);
+        assert_eq!(
+            ids_of(&array[0]["details"]["tokens"]),
+            ids_of(&body["details"]["tokens"])
+        );
+        let logprobs = |v: &Value| -> Vec<f64> {
+            v["details"]["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["logprob"].as_f64().unwrap())
+                .collect()
+        };
+        for (a, b) in logprobs(&array[0]).iter().zip(logprobs(&body)) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
 
         // TGI streamed: one event per token, the last with the text and details.
         let request = tgi_body(index, true);
@@ -406,6 +423,14 @@ fn serve_answers_as_generate_does() {
     let (status, metrics) = server.get("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("tgi_request_success"), "{metrics}");
+    let reused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("idefics2_prefix_reused_tokens "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        reused.is_some_and(|r| r > 0.0),
+        "no prefix was reused: {metrics}"
+    );
     assert_eq!(server.get("/health").0, 200);
 
     // The Python clients, unchanged.

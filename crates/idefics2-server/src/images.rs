@@ -6,7 +6,7 @@
 use std::io::Cursor;
 
 use base64::Engine as _;
-use idefics2::processor::{DynamicImage, load_image_bytes};
+use idefics2::processor::{DynamicImage, load_image_bytes_within};
 
 use crate::errors::ApiError;
 use crate::state::{AppState, ServerLimits};
@@ -120,7 +120,11 @@ pub fn decode(bytes: &[u8], limits: &ServerLimits, index: usize) -> Result<Dynam
             limits.image_pixels
         )));
     }
-    load_image_bytes(bytes).map_err(|e| ApiError::validation(format!("image {index}: {e}")))
+    // The decoder's own buffers may not outgrow what the pixel limit allows (16-bit RGBA, 8
+    // bytes a pixel), whatever the file says elsewhere.
+    let max_alloc = limits.image_pixels.saturating_mul(8);
+    load_image_bytes_within(bytes, max_alloc)
+        .map_err(|e| ApiError::validation(format!("image {index}: {e}")))
 }
 
 #[cfg(test)]

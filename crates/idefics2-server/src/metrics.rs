@@ -55,6 +55,8 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("idefics2_decode_steps").set(stats.decode_steps as f64);
         metrics::gauge!("idefics2_requests_cancelled").set(stats.cancelled as f64);
         metrics::gauge!("idefics2_generated_tokens").set(stats.generated_tokens as f64);
+        metrics::gauge!("idefics2_prefix_reused_tokens").set(stats.reused_tokens as f64);
+        metrics::gauge!("idefics2_prefix_cache_tokens").set(stats.prefix_tokens as f64);
     }
     state.metrics.run_upkeep();
     (

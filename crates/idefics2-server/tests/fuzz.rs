@@ -216,6 +216,7 @@ impl Target {
             }
         }
         assert!(!files.is_empty(), "no {extension} seeds");
+        files.extend(regressions(self));
         files
     }
 }
@@ -358,9 +359,24 @@ impl Budget {
     }
 }
 
-/// Inputs that failed once, kept as regression tests (each ran into a bug that is now fixed).
-fn crashes() -> Vec<(Target, Vec<u8>)> {
-    Vec::new()
+/// Inputs that failed once (`tests/server/fuzz-regressions/<target>-*.bin`), run first with
+/// every check, as regression tests. Found so far:
+/// - `gif-frame-larger-than-screen`: a 180x130 logical screen (what the pixel check reads) with a
+///   65460x255 frame; the decoder allocated 84 MB. Now the decoder's allocations are capped too.
+fn regressions(target: Target) -> Vec<Vec<u8>> {
+    let dir = repo().join("tests/server/fuzz-regressions");
+    let prefix = format!("{}-", target.name());
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .expect("the regression inputs")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            inputs.push(std::fs::read(entry.path()).expect("a regression input"));
+        }
+    }
+    inputs
 }
 
 fn main() {
@@ -382,9 +398,6 @@ fn main() {
     };
     let only = value("--target");
     let seed = value("--seed").and_then(|s| s.parse().ok()).unwrap_or(1);
-    for (target, data) in crashes() {
-        run_one(target, &data);
-    }
     let mut failures = Vec::new();
     for target in Target::ALL {
         if only.as_deref().is_some_and(|t| t != target.name()) {

@@ -177,6 +177,42 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// A one-row copy of the first `len` positions of row `row`, with room for `capacity`: a
+    /// prompt that starts with the same tokens continues from it.
+    pub fn prefix(&self, row: usize, len: usize, capacity: usize) -> Result<Self> {
+        if row >= self.batch || len > self.len || len == 0 || len > capacity {
+            return Err(Error::InputShape {
+                what: "KV cache prefix (row, positions, capacity)".into(),
+                expected: vec![self.batch, self.len],
+                got: vec![row, len, capacity],
+            });
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let [_, kv_heads, _, head_dim] = layer.k.dims();
+                let shape = [1, kv_heads, capacity, head_dim];
+                let options = (&layer.k.device(), layer.k.dtype());
+                let from = [row..row + 1, 0..kv_heads, 0..len, 0..head_dim];
+                let to = [0..1, 0..kv_heads, 0..len, 0..head_dim];
+                LayerCache {
+                    k: Tensor::zeros(shape, options)
+                        .slice_assign(to.clone(), layer.k.clone().slice(from.clone())),
+                    v: Tensor::zeros(shape, options).slice_assign(to, layer.v.clone().slice(from)),
+                }
+            })
+            .collect();
+        Ok(Self {
+            layers,
+            batch: 1,
+            capacity,
+            len,
+        })
+    }
+}
+
 /// One row of a cache for [`KvCache::gather`]: its last `used` positions hold data.
 #[derive(Debug, Clone, Copy)]
 pub struct RowSource<'a> {

@@ -5,6 +5,7 @@
 //! leaves it and frees its KV memory at once. A KV budget decides admission: requests wait in the
 //! queue while it is full, and the queue itself is bounded (`max_concurrent_requests`).
 
+mod prefix;
 mod request;
 mod row;
 mod worker;
@@ -41,6 +42,8 @@ pub struct EngineConfig {
     pub max_batch_total_tokens: Option<usize>,
     /// Stop sequences per request at most.
     pub max_stop_sequences: usize,
+    /// KV positions kept from finished requests for prefix reuse (0: none).
+    pub prefix_cache_tokens: usize,
 }
 
 impl EngineConfig {
@@ -54,6 +57,7 @@ impl EngineConfig {
             max_concurrent_requests: 128,
             max_batch_total_tokens: None,
             max_stop_sequences: 4,
+            prefix_cache_tokens: 2 * total,
         }
     }
 
@@ -88,6 +92,8 @@ pub(crate) struct Shared {
     decode_steps: AtomicUsize,
     failed: AtomicUsize,
     cancelled: AtomicUsize,
+    reused_tokens: AtomicUsize,
+    prefix_tokens: AtomicUsize,
     closing: AtomicBool,
 }
 
@@ -110,6 +116,10 @@ pub struct EngineStats {
     pub failed: usize,
     /// Requests that ended because they were cancelled or their receiver was dropped.
     pub cancelled: usize,
+    /// Prompt positions taken from the prefix store instead of being prefilled.
+    pub reused_tokens: usize,
+    /// Positions the prefix store holds now.
+    pub prefix_tokens: usize,
 }
 
 struct Inner {
@@ -143,6 +153,13 @@ impl Engine {
             .filter(|(_, token)| token.special)
             .map(|(id, _)| *id)
             .collect();
+        let prefixes = prefix::PrefixStore::new(
+            config.prefix_cache_tokens,
+            processor
+                .prompt
+                .token_id(crate::processor::prompt::IMAGE_TOKEN)?,
+            processor.prompt.image_seq_len(),
+        );
         let processor = Arc::new(processor);
         let shared = Arc::new(Shared::default());
         let (submit, inbox) = mpsc::channel();
@@ -155,6 +172,7 @@ impl Engine {
             config.clone(),
             shared.clone(),
             inbox,
+            prefixes,
         );
         std::thread::Builder::new()
             .name("idefics2-engine".into())
@@ -283,6 +301,8 @@ impl Engine {
             decode_steps: get(&s.decode_steps),
             failed: get(&s.failed),
             cancelled: get(&s.cancelled),
+            reused_tokens: get(&s.reused_tokens),
+            prefix_tokens: get(&s.prefix_tokens),
         }
     }
 }

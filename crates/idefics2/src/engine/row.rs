@@ -44,6 +44,8 @@ pub(super) struct Row {
     started: Instant,
     first_token: Option<Instant>,
     pub finished: Option<StopReason>,
+    /// Content hashes of the prompt's image crops (for prefix reuse).
+    pub images: Vec<u64>,
 }
 
 impl Row {
@@ -75,7 +77,13 @@ impl Row {
             started: Instant::now(),
             first_token: None,
             finished: None,
+            images: Vec::new(),
         }
+    }
+
+    /// The ids whose keys the row's cache positions hold.
+    pub fn cached_ids(&self) -> Vec<u32> {
+        self.context[..self.used.min(self.context.len())].to_vec()
     }
 
     /// Tokens this row may still feed to the decoder.

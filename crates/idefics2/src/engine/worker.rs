@@ -14,6 +14,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use web_time::Instant;
 
+use super::prefix::{PrefixStore, crops_from, image_hashes};
 use super::request::{CancelHandle, EngineEvent, EngineRequest, StopReason};
 use super::row::{Row, Vocabulary};
 use super::{EngineConfig, Shared};
@@ -43,6 +44,7 @@ pub(super) struct Worker {
     waiting: VecDeque<Submission>,
     rows: Vec<Row>,
     cache: Option<KvCache>,
+    prefixes: PrefixStore,
 }
 
 impl Worker {
@@ -56,6 +58,7 @@ impl Worker {
         config: EngineConfig,
         shared: Arc<Shared>,
         inbox: mpsc::Receiver<Submission>,
+        prefixes: PrefixStore,
     ) -> Self {
         Self {
             model,
@@ -69,6 +72,7 @@ impl Worker {
             waiting: VecDeque::new(),
             rows: Vec::new(),
             cache: None,
+            prefixes,
         }
     }
 
@@ -98,16 +102,31 @@ impl Worker {
         shared.running.store(self.rows.len(), Ordering::Relaxed);
         let cached = self.cache.as_ref().map_or(0, |c| c.batch() * c.capacity());
         shared.kv_tokens.store(cached, Ordering::Relaxed);
+        shared
+            .prefix_tokens
+            .store(self.prefixes.tokens(), Ordering::Relaxed);
     }
 
     /// Prefills queued requests, oldest first, while the batch has room for them.
     fn admit(&mut self) {
         while let Some(next) = self.waiting.front() {
             if next.cancel.is_cancelled() || next.events.is_closed() {
-                let dropped = self.waiting.pop_front();
-                drop(dropped);
+                // Cancelled while queued: it ends with no token, and says so.
+                // Counted as done before its end is sent: whoever sees the end may submit again.
                 self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
                 self.shared.done(1);
+                if let Some(dropped) = self.waiting.pop_front() {
+                    let mut row = Row::new(
+                        dropped.id,
+                        &dropped.request.input_ids,
+                        dropped.request.params,
+                        dropped.events,
+                        dropped.cancel,
+                        dropped.enqueued,
+                    );
+                    row.finished = Some(StopReason::Cancelled);
+                    row.finish(&self.vocabulary());
+                }
                 continue;
             }
             let reserved = next.request.input_ids.len() + next.request.params.max_new_tokens;
@@ -161,17 +180,37 @@ impl Worker {
             cancel,
             enqueued,
         );
+        row.images = image_hashes(request.pixels.as_ref());
         let model = &self.model;
+        let reuse = self.prefixes.find(&request.input_ids, &row.images);
+        let reused = reuse.as_ref().map_or(0, |r| r.len);
         let run = || -> Result<(KvCache, Vec<f32>)> {
-            let input = ModelInput::single(request.input_ids, request.pixels);
+            let total = request.input_ids.len();
+            // With a reusable prefix only the rest of the prompt (and its images) is encoded.
+            let (mut cache, input, start) = match reuse {
+                Some(reuse) => {
+                    let pixels = match &request.pixels {
+                        Some(pixels) => crops_from(pixels, reuse.images),
+                        None => None,
+                    };
+                    let cache = reuse.cache.prefix(0, reuse.len, total)?;
+                    let input = ModelInput::single(request.input_ids[reuse.len..].to_vec(), pixels);
+                    (cache, input, reuse.len)
+                }
+                None => (
+                    model.new_cache(1, total)?,
+                    ModelInput::single(request.input_ids.clone(), request.pixels.clone()),
+                    0,
+                ),
+            };
             let features = match &input.pixels {
                 Some(pixels) => model.image_features(pixels)?,
                 None => None,
             };
             let embeds = model.inputs_embeds(&input, features)?;
-            let mut cache = model.new_cache(1, input.seq)?;
-            let mask = vec![1u8; input.seq];
-            let hidden = model.decode(embeds, &mask, &input.positions(), &mut cache)?;
+            let mask = vec![1u8; total];
+            let positions: Vec<i64> = (start as i64..total as i64).collect();
+            let hidden = model.decode(embeds, &mask, &positions, &mut cache)?;
             let [_, seq, hidden_size] = hidden.dims();
             let last = hidden.slice([0..1, seq - 1..seq, 0..hidden_size]);
             let logits = futures_lite::future::block_on(model.read_logits(last))?;
@@ -185,14 +224,21 @@ impl Worker {
         self.shared
             .prompt_tokens
             .fetch_add(row.prompt_tokens, Ordering::Relaxed);
+        self.shared
+            .reused_tokens
+            .fetch_add(reused, Ordering::Relaxed);
         row.take_token(&logits, &self.vocabulary());
         self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if row.finished.is_some() {
             if row.finished == Some(StopReason::Cancelled) {
                 self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.prefixes
+                    .insert(row.cached_ids(), row.images.clone(), cache);
+                self.publish();
             }
-            row.finish(&self.vocabulary());
             self.shared.done(1);
+            row.finish(&self.vocabulary());
             return;
         }
         self.rows.push(row);
@@ -301,16 +347,19 @@ impl Worker {
             bad_words_ids: &self.bad_words_ids,
             special: &self.special,
         };
-        let mut ended = 0;
         for row in self.rows.iter_mut().filter(|r| r.finished.is_some()) {
             if row.finished == Some(StopReason::Cancelled) {
                 self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(cache) = &self.cache
+                && let Ok(kept) = cache.prefix(row.slot, row.used, row.used)
+            {
+                self.prefixes
+                    .insert(row.cached_ids(), row.images.clone(), kept);
             }
+            self.shared.done(1);
             row.finish(&vocabulary);
-            ended += 1;
         }
         self.rows.retain(|r| r.finished.is_none());
-        self.shared.done(ended);
         if let Err(message) = self.regather(None) {
             self.fail_all(message);
         }
@@ -318,9 +367,9 @@ impl Worker {
 
     fn fail_one(&mut self, mut row: Row, message: String) {
         tracing::warn!(request = row.id, "request failed: {message}");
-        row.fail(message);
         self.shared.failed.fetch_add(1, Ordering::Relaxed);
         self.shared.done(1);
+        row.fail(message);
     }
 
     /// A decode step failed (a GPU error): every running request ends with it.

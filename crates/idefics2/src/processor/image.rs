@@ -46,6 +46,14 @@ pub fn load_image_bytes(bytes: &[u8]) -> Result<DynamicImage> {
     load_from(bytes, "<bytes>")
 }
 
+/// [`load_image_bytes`] for bytes from the network: the decoder may allocate at most
+/// `max_alloc` bytes. The declared size is not enough to bound memory: a GIF's frame can be far
+/// larger than the logical screen its header declares.
+pub fn load_image_bytes_within(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage> {
+    let image = decode_limited(bytes, "<bytes>", true, Some(max_alloc))?;
+    Ok(DynamicImage::ImageRgb8(to_rgb8(&image, AlphaMode::Drop)))
+}
+
 fn load_from(bytes: &[u8], origin: &str) -> Result<DynamicImage> {
     let image = decode(bytes, origin, true)?;
     Ok(DynamicImage::ImageRgb8(to_rgb8(&image, AlphaMode::Drop)))
@@ -59,13 +67,27 @@ pub fn decode_image_bytes(bytes: &[u8]) -> Result<DynamicImage> {
 }
 
 fn decode(bytes: &[u8], origin: &str, apply_orientation: bool) -> Result<DynamicImage> {
+    decode_limited(bytes, origin, apply_orientation, None)
+}
+
+fn decode_limited(
+    bytes: &[u8],
+    origin: &str,
+    apply_orientation: bool,
+    max_alloc: Option<u64>,
+) -> Result<DynamicImage> {
     let decode_error = |source| ProcessorError::DecodeImage {
         origin: origin.to_owned(),
         source,
     };
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_error(image::ImageError::IoError(e)))?;
+    if let Some(max_alloc) = max_alloc {
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(max_alloc);
+        reader.limits(limits);
+    }
     let format = reader.format();
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let orientation = if apply_orientation {

@@ -30,7 +30,7 @@ pub use chat::{ChatMessage, ChatTemplate, ContentPart, DEFAULT_CHAT_TEMPLATE};
 pub use config::{ImageOptions, ImageProcessorConfig, ImageSize, ProcessorConfig};
 pub use image::{
     AlphaMode, ImageProcessor, PixelBatch, decode_image_bytes, load_image, load_image_bytes,
-    to_rgb8,
+    load_image_bytes_within, to_rgb8,
 };
 pub use inputs::{Idefics2Processor, ProcessedBatch};
 pub use prompt::{PromptProcessor, TokenBatch};
