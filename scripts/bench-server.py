@@ -34,6 +34,8 @@ def data_uri(name):
 
 def start_server(args):
     command = [args.binary, "serve", "--port", "0", "--device", args.device, "--max-batch-size", "16"]
+    if args.no_prefix_reuse:
+        command += ["--prefix-cache-tokens", "0"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     line = server.stdout.readline()
     url = line.strip().rsplit(" ", 1)[-1]
@@ -96,6 +98,11 @@ def main():
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="every request encodes its image (the prompts repeat, so reuse would skip that)",
+    )
     args = parser.parse_args()
     server, url = start_server(args)
     try:
@@ -115,7 +122,8 @@ def main():
         server.terminate()
         server.wait()
     base = rows[0]["tokens_per_s"]
-    print(f"device: {args.device}; {args.requests} requests per client, {args.max_new_tokens} tokens each, one image each")
+    reuse = "off" if args.no_prefix_reuse else "on"
+    print(f"device: {args.device}; {args.requests} requests per client, {args.max_new_tokens} tokens each, one image each, prefix reuse {reuse}")
     print("| clients | requests/s | tokens/s | x one client | TTFT p50 (s) | TTFT p95 (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
