@@ -1,14 +1,17 @@
 //! `idefics2 chat`: a multi-turn conversation in the terminal through the model's chat template.
 //! `/image PATH` attaches an image to the next message, `/reset` clears the history,
 //! `/splitting on|off` toggles image splitting, `/quit` leaves.
+//!
+//! Turns go through the serving engine, so each turn continues from the previous turn's KV cache
+//! (its images are not encoded again) when the rendered chat starts the same way.
 
 use std::io::{BufRead, Write};
-use std::ops::ControlFlow;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use idefics2::pipeline::{Pipeline, Prompt, Request};
-use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, IncrementalDecoder, load_image};
+use idefics2::engine::{Engine, EngineConfig, EngineEvent, EngineRequest, GenerateParams};
+use idefics2::pipeline::{Pipeline, model_input};
+use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, load_image};
 
 use crate::options::{ImageArgs, ModelArgs, OnOff, QuantArgs, RuntimeArgs, SamplingArgs};
 
@@ -31,6 +34,8 @@ pub fn run(mut args: ChatArgs) -> Result<()> {
     let (device, dtype) = args.runtime.device()?;
     let pipeline = Pipeline::load_quantized(&dir, &device, dtype, args.quant.policy()?)
         .with_context(|| format!("loading {}", dir.display()))?;
+    let positions = pipeline.model.config.text_config.max_position_embeddings;
+    let engine = Engine::start(pipeline, EngineConfig::for_positions(positions))?;
     eprintln!(
         "{} on {}. /image PATH, /reset, /splitting on|off, /quit",
         dir.display(),
@@ -91,7 +96,7 @@ pub fn run(mut args: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::new("user", content));
         let mut images = history_images.clone();
         images.extend(pending_images.iter().cloned());
-        match answer(&pipeline, &args, messages.clone(), images.clone()) {
+        match answer(&engine, &args, messages.clone(), images.clone()) {
             Ok(reply) => {
                 history = messages;
                 history.push(ChatMessage::new(
@@ -109,36 +114,46 @@ pub fn run(mut args: ChatArgs) -> Result<()> {
 
 /// Streams one answer to stdout and returns its text.
 fn answer(
-    pipeline: &Pipeline,
+    engine: &Engine,
     args: &ChatArgs,
     messages: Vec<ChatMessage>,
     images: Vec<DynamicImage>,
 ) -> Result<String> {
-    let request = Request {
-        prompt: Prompt::Chat(messages),
-        images,
+    let processor = engine.processor();
+    let prompt = processor.apply_chat_template(&messages, true)?;
+    let batch = processor.process(&[prompt], &[images], &args.image.options())?;
+    let params = GenerateParams {
+        max_new_tokens: args.sampling.max_new_tokens,
+        sampling: args.sampling.options(),
+        ..GenerateParams::default()
     };
-    let input = pipeline.prepare(&[request], &args.image.options())?;
-    let mut options = pipeline.generation_options(args.sampling.max_new_tokens);
-    options.sampling = args.sampling.options();
-    let mut decoder = IncrementalDecoder::new(true);
+    let reused_before = engine.stats().reused_tokens;
+    let handle = engine.submit(EngineRequest::from_input(model_input(batch), params))?;
     let mut stdout = std::io::stdout().lock();
-    let output = pipeline.model.generate(&input, &options, |event| {
-        if let Ok(Some(text)) = decoder.step(&pipeline.processor.prompt, event.token) {
-            let _ = write!(stdout, "{text}");
-            let _ = stdout.flush();
+    let finished = loop {
+        match handle.events.recv_blocking() {
+            Ok(EngineEvent::Token(token)) => {
+                write!(stdout, "{}", token.text)?;
+                stdout.flush()?;
+            }
+            Ok(EngineEvent::Finished(finished)) => break finished,
+            Ok(EngineEvent::Failed(message)) => return Err(anyhow!(message)),
+            Err(_) => return Err(anyhow!("the engine stopped")),
         }
-        ControlFlow::Continue(())
-    })?;
-    if let Some(rest) = decoder.finish(&pipeline.processor.prompt)? {
-        write!(stdout, "{rest}")?;
-    }
+    };
     writeln!(stdout)?;
-    let text = pipeline.decode(&output.tokens[0])?;
+    let reused = engine.stats().reused_tokens - reused_before;
+    let reuse = if reused > 0 {
+        format!(
+            ", {reused} of {} prompt tokens reused",
+            finished.prompt_tokens
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "[{} tokens, first after {:.2} s]",
-        output.tokens[0].len(),
-        output.prefill_seconds
+        "[{} tokens, first after {:.2} s{reuse}]",
+        finished.generated_tokens, finished.prefill_seconds
     );
-    Ok(text.trim().to_string())
+    Ok(finished.text.trim().to_string())
 }

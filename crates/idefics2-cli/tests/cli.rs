@@ -697,7 +697,7 @@ fn interactive_chat_streams_answers_and_keeps_history() {
         .spawn()
         .unwrap();
     let script = format!(
-        "/image {}\nWhat is in this image?\n/image /no/such.png\n/splitting on\nAnd now?\n/reset\n/bogus\n/quit\n",
+        "/image {}\nWhat is in this image?\nAnd again?\n/image /no/such.png\n/splitting on\nAnd now?\n/reset\n/bogus\n/quit\n",
         image("a.png")
     );
     child
@@ -718,8 +718,10 @@ fn interactive_chat_streams_answers_and_keeps_history() {
     let json = json_lines(&one_image_json(&model("tiny-f32"), &[]));
     let first = json[0]["text"].as_str().unwrap();
     assert!(stdout.contains(first), "stdout {stdout:?} lacks {first:?}");
-    // Two answers were produced (the second turn sees the history), errors kept the session alive.
-    assert_eq!(stderr.matches("tokens, first after").count(), 2, "{stderr}");
+    // Three answers were produced (later turns see the history), errors kept the session alive.
+    assert_eq!(stderr.matches("tokens, first after").count(), 3, "{stderr}");
+    // The second turn continued from the first turn's cache (its image was not encoded again).
+    assert!(stderr.contains("prompt tokens reused"), "{stderr}");
     assert!(
         stderr.contains("/no/such.png")
             && stderr.contains("image splitting on")

@@ -406,29 +406,14 @@ fn chat_stream(
                         json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": openai_finish(finished.reason)}]),
                         Value::Null,
                     ));
-                    if include_usage {
-                        out.push(chunk(json!([]), usage(&finished)));
-                    }
-                    out.push(Value::String("[DONE]".into()));
+                    stream_end(&mut out, &finished, include_usage, &chunk);
                 }
             }
-            Item::Failed(message) => {
-                out.push(ApiError::generation(message).openai_json());
-                out.push(Value::String("[DONE]".into()));
-            }
+            Item::Failed(message) => out.extend(stream_failure(message)),
         }
         futures_lite::stream::iter(out)
     });
-    let all = futures_lite::stream::once(first)
-        .chain(events)
-        .map(|value| {
-            let data = match value {
-                Value::String(done) => done,
-                other => other.to_string(),
-            };
-            Ok(Event::default().data(data))
-        });
-    Sse::new(all).keep_alive(KeepAlive::default())
+    sse(futures_lite::stream::once(first).chain(events))
 }
 
 /// `POST /v1/completions`: a raw prompt (images as markdown), the legacy completion objects.
@@ -511,29 +496,14 @@ pub async fn completions(
                         Value::Null,
                     ));
                     if let Some(finished) = finished {
-                        if include_usage {
-                            out.push(chunk(json!([]), usage(&finished)));
-                        }
-                        out.push(Value::String("[DONE]".into()));
+                        stream_end(&mut out, &finished, include_usage, &chunk);
                     }
                 }
-                Item::Failed(message) => {
-                    out.push(ApiError::generation(message).openai_json());
-                    out.push(Value::String("[DONE]".into()));
-                }
+                Item::Failed(message) => out.extend(stream_failure(message)),
             }
             futures_lite::stream::iter(out)
         });
-        let events = events.map(|value| {
-            let data = match value {
-                Value::String(done) => done,
-                other => other.to_string(),
-            };
-            Ok::<_, Infallible>(Event::default().data(data))
-        });
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(sse(events).into_response());
     }
     let (generated, finished) = crate::prepare::collect(started.handle).await?;
     let mut trimmer = StopTrimmer::new(started.stops);
@@ -555,6 +525,41 @@ pub async fn completions(
         "usage": usage(&finished),
     }))
     .into_response())
+}
+
+/// Values as SSE events: JSON objects as JSON, `Value::String` as raw data (`[DONE]`).
+fn sse(
+    values: impl futures_lite::Stream<Item = Value> + Send + 'static,
+) -> Sse<impl futures_lite::Stream<Item = Result<Event, Infallible>>> {
+    let events = values.map(|value| {
+        let data = match value {
+            Value::String(raw) => raw,
+            other => other.to_string(),
+        };
+        Ok(Event::default().data(data))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// How a stream ends after its last chunk: the usage chunk when asked for, then `[DONE]`.
+fn stream_end(
+    out: &mut Vec<Value>,
+    finished: &Finished,
+    include_usage: bool,
+    chunk: impl Fn(Value, Value) -> Value,
+) {
+    if include_usage {
+        out.push(chunk(json!([]), usage(finished)));
+    }
+    out.push(Value::String("[DONE]".into()));
+}
+
+/// A failure after the stream started: an error event, then `[DONE]`.
+fn stream_failure(message: String) -> [Value; 2] {
+    [
+        ApiError::generation(message).openai_json(),
+        Value::String("[DONE]".into()),
+    ]
 }
 
 /// `GET /v1/models`.
