@@ -3,8 +3,6 @@
 //! tasks in the browser, where every GPU read is async).
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{DType, Device};
 use idefics2::pipeline::{Pipeline, Prompt, Request};
@@ -125,20 +123,7 @@ pub enum Event {
 }
 
 /// Shared between the UI and the engine: set by Stop / Cancel, read between tokens and tensors.
-#[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
-
-impl CancelFlag {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-    pub fn reset(&self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use idefics2::CancelHandle as CancelFlag;
 
 /// Holds the loaded pipeline.
 #[derive(Default)]

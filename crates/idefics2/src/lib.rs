@@ -2,6 +2,7 @@
 //! the CPU (burn's Flex device) and any GPU through wgpu.
 
 pub mod awq;
+pub mod cancel;
 pub mod config;
 #[cfg(not(target_family = "wasm"))]
 pub mod default_model;
@@ -24,6 +25,7 @@ pub mod sampling;
 pub mod synthetic;
 pub mod weights;
 
+pub use cancel::CancelHandle;
 pub use config::{GenerationConfig, Idefics2Config};
 pub use device::{DeviceChoice, GpuAdapter};
 #[cfg(not(target_family = "wasm"))]

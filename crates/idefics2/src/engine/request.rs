@@ -1,9 +1,7 @@
 //! What goes into the engine (a prepared prompt and its generation settings) and what comes out
 //! (a stream of events per request).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
+pub use crate::cancel::CancelHandle;
 use crate::model::ModelInput;
 use crate::pixels::PixelBatch;
 use crate::sampling::{Sampling, SamplingOptions};
@@ -117,20 +115,6 @@ pub enum EngineEvent {
     Finished(Finished),
     /// The request failed; nothing follows.
     Failed(String),
-}
-
-/// Stops a request between two tokens (or before it starts).
-#[derive(Debug, Clone, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
-
-impl CancelHandle {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// What [`super::Engine::submit`] returns: the request's events, and its cancel handle.
