@@ -420,6 +420,28 @@ fn serve_answers_as_generate_does() {
     for client in clients {
         client.join().unwrap();
     }
+    // /tokenize: BOS, then the text's tokens with byte offsets into it.
+    let (status, tokens) = server.post("/tokenize", &json!({"inputs": "What color?"}));
+    assert_eq!(status, 200, "{tokens}");
+    let tokens = tokens.as_array().unwrap();
+    assert_eq!(tokens[0]["id"], 1);
+    let text: String = tokens[1..]
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("");
+    assert_eq!(text.replace(' ', ""), "Whatcolor?");
+    assert_eq!(tokens.last().unwrap()["stop"], "What color?".len());
+    // /info and /v1/models describe the loaded model and the limits.
+    let (status, info) = server.get("/info");
+    assert_eq!(status, 200);
+    let info = parse(&info);
+    assert_eq!(info["model_id"], "idefics2-tiny-shapes");
+    assert_eq!(info["max_total_tokens"], 1024);
+    assert_eq!(info["max_concurrent_requests"], 128);
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(parse(&models)["data"][0]["id"], "idefics2-tiny-shapes");
     let (status, metrics) = server.get("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("tgi_request_success"), "{metrics}");
