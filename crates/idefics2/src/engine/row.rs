@@ -38,8 +38,6 @@ pub(super) struct Row {
     pub slot: usize,
     decoder: IncrementalDecoder,
     text: String,
-    /// KV positions this row may need: prompt + max_new_tokens.
-    pub reserved: usize,
     enqueued: Instant,
     started: Instant,
     first_token: Option<Instant>,
@@ -71,7 +69,6 @@ impl Row {
             slot: 0,
             decoder: IncrementalDecoder::new(true),
             text: String::new(),
-            reserved: input_ids.len() + params.max_new_tokens,
             params,
             enqueued,
             started: Instant::now(),

@@ -129,17 +129,24 @@ impl Worker {
                 }
                 continue;
             }
-            let reserved = next.request.input_ids.len() + next.request.params.max_new_tokens;
-            let widest = self
+            // Rows share one cache length: after the join the cache holds rows x (the longest
+            // row so far + the most tokens any row may still add), and it only shrinks after.
+            let longest = self
                 .rows
                 .iter()
-                .map(|r| r.reserved)
+                .map(|r| r.used)
                 .max()
                 .unwrap_or(0)
-                .max(reserved);
-            // Rows share one cache length, so the batch holds (rows x its longest row).
+                .max(next.request.input_ids.len());
+            let ahead = self
+                .rows
+                .iter()
+                .map(Row::remaining)
+                .max()
+                .unwrap_or(0)
+                .max(next.request.params.max_new_tokens);
             let fits = self.rows.len() < self.config.max_batch_size
-                && (self.rows.len() + 1) * widest <= self.config.kv_budget_tokens();
+                && (self.rows.len() + 1) * (longest + ahead) <= self.config.kv_budget_tokens();
             if !fits {
                 break;
             }

@@ -334,3 +334,29 @@ fn the_next_turn_of_a_chat_reuses_the_first() {
         first.seq, turn1.prefill_seconds, second.seq, turn2.prefill_seconds
     );
 }
+
+/// A KV budget that holds one request but not two: the second waits for the first instead of
+/// joining its batch, and both answer as they do alone.
+#[test]
+fn the_kv_budget_decides_admission() {
+    let pipeline = pipeline();
+    let input = ask(&pipeline, &["shapes.png"], "What color is the shape?");
+    let other = ask(&pipeline, &["wide.png"], "What color is the shape?");
+    let need = input.seq.max(other.seq) + 6;
+    let config = EngineConfig {
+        max_batch_total_tokens: Some(2 * need - 1),
+        ..EngineConfig::for_positions(4096)
+    };
+    let engine = Engine::start(pipeline, config).unwrap();
+    let first = engine
+        .submit(EngineRequest::from_input(input, greedy(6)))
+        .unwrap();
+    let second = engine
+        .submit(EngineRequest::from_input(other, greedy(6)))
+        .unwrap();
+    let (a, _) = first.wait().unwrap();
+    let (b, _) = second.wait().unwrap();
+    let stats = engine.stats();
+    // Never decoded together: one step per token after each request's first.
+    assert_eq!(stats.decode_steps, a.len() - 1 + b.len() - 1, "{stats:?}");
+}
