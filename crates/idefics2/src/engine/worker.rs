@@ -358,7 +358,15 @@ impl Worker {
             if row.finished == Some(StopReason::Cancelled) {
                 self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
             } else if let Some(cache) = &self.cache
-                && let Ok(kept) = cache.prefix(row.slot, row.used, row.used)
+                // The row's keys are its last `used` positions (padding comes first).
+                && let Ok(kept) = KvCache::gather(
+                    &[RowSource {
+                        cache,
+                        row: row.slot,
+                        used: row.used,
+                    }],
+                    row.used,
+                )
             {
                 self.prefixes
                     .insert(row.cached_ids(), row.images.clone(), kept);

@@ -140,6 +140,17 @@ fn batched_requests_get_what_they_get_alone() {
         "the rows did not share decode steps: {stats:?}"
     );
     assert_eq!(engine.pending(), 0);
+    // Each again, alone: each continues from the cache its batched run left (rows that were
+    // padded in the batch included) and still gets the same tokens.
+    for (input, params, expected) in &cases {
+        let (tokens, _) = engine
+            .submit(EngineRequest::from_input(input.clone(), params.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(&ids(&tokens), expected);
+    }
+    assert!(engine.stats().reused_tokens > 0);
 }
 
 #[test]
