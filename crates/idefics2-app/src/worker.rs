@@ -47,7 +47,8 @@ impl Worker {
                         futures_lite::future::block_on(engine.run(command, &thread_cancel, &emit))
                     };
                     if let Err(panic) = idefics2::catch_panics(run) {
-                        let message = format!("the model failed: {}", panic_text(&*panic));
+                        let message =
+                            format!("the model failed: {}", idefics2::panic_text(&*panic));
                         emit(if is_load {
                             Event::LoadFailed(message)
                         } else {
@@ -103,13 +104,4 @@ impl Worker {
     pub fn poll(&self) -> Vec<Event> {
         self.events.try_iter().collect()
     }
-}
-
-#[cfg(not(target_family = "wasm"))]
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown error".to_owned())
 }

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use idefics2::engine::{Engine, EngineConfig, EngineEvent, EngineRequest, GenerateParams};
-use idefics2::pipeline::{Pipeline, model_input};
+use idefics2::pipeline::{Pipeline, Prompt, Request, prepare};
 use idefics2::processor::{ChatMessage, ContentPart, DynamicImage, load_image};
 
 use crate::options::{ImageArgs, ModelArgs, OnOff, QuantArgs, RuntimeArgs, SamplingArgs};
@@ -119,16 +119,18 @@ fn answer(
     messages: Vec<ChatMessage>,
     images: Vec<DynamicImage>,
 ) -> Result<String> {
-    let processor = engine.processor();
-    let prompt = processor.apply_chat_template(&messages, true)?;
-    let batch = processor.process(&[prompt], &[images], &args.image.options())?;
+    let request = Request {
+        prompt: Prompt::Chat(messages),
+        images,
+    };
+    let input = prepare(engine.processor(), vec![request], &args.image.options())?;
     let params = GenerateParams {
         max_new_tokens: args.sampling.max_new_tokens,
         sampling: args.sampling.options(),
         ..GenerateParams::default()
     };
     let reused_before = engine.stats().reused_tokens;
-    let handle = engine.submit(EngineRequest::from_input(model_input(batch), params))?;
+    let handle = engine.submit(EngineRequest::from_input(input, params))?;
     let mut stdout = std::io::stdout().lock();
     let finished = loop {
         match handle.events.recv_blocking() {

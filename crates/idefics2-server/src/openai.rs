@@ -26,7 +26,7 @@ use crate::stop::StopTrimmer;
 use crate::stream::{Item, tokens};
 use crate::tgi::random_seed;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -174,11 +174,8 @@ impl Sampler {
             },
             stop: self
                 .stop
-                .as_ref()
-                .map(|s| match s {
-                    OneOrMany::One(s) => vec![s.clone()],
-                    OneOrMany::Many(v) => v.clone(),
-                })
+                .clone()
+                .map(OneOrMany::into_vec)
                 .unwrap_or_default(),
             top_logprobs,
         })
@@ -454,15 +451,12 @@ pub async fn completions(
     let started = start(&state, Prompt::Raw(text), &sources, params).await?;
     let (id, created) = (new_id("cmpl"), now());
     let want_logprobs = request.logprobs.is_some();
-    let tokenizer_state = state.clone();
+    let engine = state.engine()?.clone();
     let legacy_logprobs = move |generated: &[GeneratedToken]| -> Value {
         if !want_logprobs {
             return Value::Null;
         }
-        let tokenizer = match tokenizer_state.engine() {
-            Ok(engine) => engine.processor().prompt.tokenizer().clone(),
-            Err(_) => return Value::Null,
-        };
+        let tokenizer = engine.processor().prompt.tokenizer();
         json!({
             "tokens": generated.iter().map(|t| t.piece.clone()).collect::<Vec<_>>(),
             "token_logprobs": generated.iter().map(|t| t.logprob).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use idefics2::engine::{
     EngineEvent, EngineRequest, Finished, GenerateParams, GeneratedToken, RequestHandle,
 };
-use idefics2::pipeline::{Prompt, model_input};
+use idefics2::pipeline::{Prompt, Request, prepare};
 
 use crate::errors::ApiError;
 use crate::images;
@@ -41,17 +41,17 @@ pub async fn submit(
             .enumerate()
             .map(|(index, bytes)| images::decode(bytes, limits, index))
             .collect::<Result<Vec<_>, _>>()?;
-        let processor = engine.processor();
-        let text = match prompt {
-            Prompt::Raw(text) => text,
-            Prompt::Chat(messages) => processor
-                .apply_chat_template(&messages, true)
-                .map_err(|e| ApiError::validation(e.to_string()))?,
+        let request = Request {
+            prompt,
+            images: decoded,
         };
-        let batch = processor
-            .process(&[text], &[decoded], &worker_state.image_options)
-            .map_err(|e| ApiError::validation(e.to_string()))?;
-        let mut request = EngineRequest::from_input(model_input(batch), params);
+        let input = prepare(
+            engine.processor(),
+            vec![request],
+            &worker_state.image_options,
+        )
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+        let mut request = EngineRequest::from_input(input, params);
         if request.params.max_new_tokens == 0 {
             let limit = engine.config().max_total_tokens;
             request.params.max_new_tokens = limit.saturating_sub(request.input_ids.len()).max(1);

@@ -202,10 +202,7 @@ impl Token {
                 id,
                 text: tokenizer.decode(&[id], false).unwrap_or_default(),
                 logprob,
-                special: tokenizer
-                    .get_added_tokens_decoder()
-                    .get(&id)
-                    .is_some_and(|t| t.special),
+                special: engine.is_special(id),
             })
             .collect()
     }

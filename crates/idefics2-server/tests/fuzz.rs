@@ -21,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use idefics2::sampling::Rng;
 use idefics2_server::ServerLimits;
 use idefics2_server::errors::parse_json;
 use idefics2_server::images::{decode, split_markdown_images};
@@ -62,21 +63,9 @@ const IMAGE_BYTES_BOUND: usize = (PIXELS as usize) * (8 + 3) + (16 << 20);
 /// A request body may take a few copies of itself in parsed form.
 const REQUEST_BYTES_BOUND: usize = 64 << 20;
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// A uniform index below `n` (the library's seeded generator: runs repeat by `--seed`).
+fn below(rng: &mut Rng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
 }
 
 const INTERESTING: [u32; 12] = [
@@ -97,23 +86,23 @@ const INTERESTING: [u32; 12] = [
 /// One to four mutations of `seed`, sometimes spliced with `other`.
 fn mutate(seed: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut data = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..1 + below(rng, 4) {
         let len = data.len();
-        match rng.below(8) {
+        match below(rng, 8) {
             0 if len > 0 => {
-                let i = rng.below(len);
-                data[i] ^= 1 << rng.below(8);
+                let i = below(rng, len);
+                data[i] ^= 1 << below(rng, 8);
             }
             1 if len > 0 => {
-                let i = rng.below(len);
-                data[i] = INTERESTING[rng.below(5)] as u8;
+                let i = below(rng, len);
+                data[i] = INTERESTING[below(rng, 5)] as u8;
             }
             2 if len > 4 => {
                 // A 16- or 32-bit field (big or little endian) set to an interesting value.
-                let value = INTERESTING[rng.below(INTERESTING.len())];
-                let width = if rng.below(2) == 0 { 2 } else { 4 };
-                let i = rng.below(len - width);
-                let bytes = if rng.below(2) == 0 {
+                let value = INTERESTING[below(rng, INTERESTING.len())];
+                let width = if below(rng, 2) == 0 { 2 } else { 4 };
+                let i = below(rng, len - width);
+                let bytes = if below(rng, 2) == 0 {
                     value.to_be_bytes()
                 } else {
                     value.to_le_bytes()
@@ -122,34 +111,34 @@ fn mutate(seed: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
                 data[i..i + width].copy_from_slice(&bytes[..width]);
             }
             3 => {
-                let i = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let i = below(rng, len + 1);
+                let n = 1 + below(rng, 16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 data.splice(i..i, bytes);
             }
             4 if len > 1 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(256));
+                let i = below(rng, len);
+                let n = 1 + below(rng, (len - i).min(256));
                 data.drain(i..i + n);
             }
             5 if len > 1 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(256));
+                let i = below(rng, len);
+                let n = 1 + below(rng, (len - i).min(256));
                 let copy = data[i..i + n].to_vec();
-                let at = rng.below(len);
+                let at = below(rng, len);
                 data.splice(at..at, copy);
             }
             6 if !other.is_empty() && len > 0 => {
-                let cut = rng.below(len);
-                let from = rng.below(other.len());
+                let cut = below(rng, len);
+                let from = below(rng, other.len());
                 data.truncate(cut);
                 data.extend_from_slice(&other[from..]);
             }
             _ if len > 0 => {
                 // Truncation: a file cut off in the middle.
-                data.truncate(rng.below(len));
+                data.truncate(below(rng, len));
             }
-            _ => data.push(rng.next() as u8),
+            _ => data.push(rng.next_u64() as u8),
         }
     }
     data
@@ -282,20 +271,14 @@ fn fuzz(target: Target, budget: Budget, seed: u64) -> Result<usize, String> {
                 Ok(()) => Outcome::Ok {
                     peak: PEAK.load(Ordering::Relaxed).saturating_sub(base),
                 },
-                Err(panic) => Outcome::Panicked(
-                    panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default(),
-                ),
+                Err(panic) => Outcome::Panicked(idefics2::panic_text(&*panic)),
             };
             if done_tx.send(outcome).is_err() {
                 return;
             }
         }
     });
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let start = Instant::now();
     let mut count = 0;
     let mut worst = 0;
@@ -303,8 +286,8 @@ fn fuzz(target: Target, budget: Budget, seed: u64) -> Result<usize, String> {
         let data = if count < seeds.len() {
             seeds[count].clone()
         } else {
-            let a = &seeds[rng.below(seeds.len())];
-            let b = &seeds[rng.below(seeds.len())];
+            let a = &seeds[below(&mut rng, seeds.len())];
+            let b = &seeds[below(&mut rng, seeds.len())];
             mutate(a, b, &mut rng)
         };
         inputs_tx

@@ -245,6 +245,16 @@ pub fn exit_on_panic() {
     }));
 }
 
+/// The message a panic carries (what `panic!` was given), for an error that reports it.
+#[cfg(not(target_family = "wasm"))]
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown error".to_owned())
+}
+
 /// `catch_unwind` that [`exit_on_panic`] lets through: for a caller that turns a panic of the
 /// model (burn reports a GPU out of memory or a lost device by panicking) into an error message.
 #[cfg(not(target_family = "wasm"))]

@@ -9,9 +9,7 @@ use web_time::Instant;
 
 use crate::error::{Error, Result};
 use crate::model::{Idefics2, ModelInput};
-use crate::sampling::{
-    Rng, Sampling, SamplingOptions, apply_repetition_penalty, ban_bad_words, choose, log_prob,
-};
+use crate::sampling::{Rng, SamplingOptions, log_prob, next_token};
 
 #[derive(Debug, Clone)]
 pub struct GenerationOptions {
@@ -109,10 +107,7 @@ impl Idefics2 {
             decode_seconds: 0.0,
         };
         let mut finished = vec![false; batch];
-        let mut rng = Rng::new(match options.sampling.sampling {
-            Sampling::Sample { seed, .. } => seed,
-            Sampling::Greedy => 0,
-        });
+        let mut rng = Rng::new(options.sampling.sampling.seed().unwrap_or(0));
         let hidden_size = self.config.text_config.hidden_size;
         let mut last_hidden = hidden.slice([0..batch, seq - 1..seq, 0..hidden_size]); // [batch, 1, hidden]
         let mut decode_start = None;
@@ -128,15 +123,13 @@ impl Idefics2 {
                     next.push(options.pad_token_id);
                     continue;
                 }
-                let mut scores = logits[row * vocab..(row + 1) * vocab].to_vec();
-                ban_bad_words(&mut scores, &options.bad_words_ids, &contexts[row]);
-                let mut processed = scores.clone();
-                apply_repetition_penalty(
-                    &mut processed,
+                let (token, scores) = next_token(
+                    &logits[row * vocab..(row + 1) * vocab],
                     &contexts[row],
-                    options.sampling.repetition_penalty,
+                    &options.bad_words_ids,
+                    &options.sampling,
+                    &mut rng,
                 );
-                let token = choose(&processed, &options.sampling.sampling, &mut rng);
                 let event = TokenEvent {
                     row,
                     token: token as u32,

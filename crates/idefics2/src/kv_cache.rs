@@ -107,9 +107,9 @@ impl KvCache {
         self.len += seq;
     }
 
-    /// A new cache whose rows are copies of `rows`: each source row's last `used` positions are
-    /// placed so that they end at the new length (the largest `used`), and the positions before
-    /// them are padding for the attention mask to hide. How a batch that decodes in lockstep takes
+    /// A new cache whose rows are copies of `rows`: each source's positions are placed so that
+    /// they end at the new length (the largest count), and the positions before them are padding
+    /// for the attention mask to hide. How a batch that decodes in lockstep takes
     /// in a new row, lets a finished one go (freeing its memory) or drops padding that no row
     /// needs any more.
     ///
@@ -123,13 +123,13 @@ impl KvCache {
                 got: vec![0],
             });
         };
-        let len = rows.iter().map(|r| r.used).max().unwrap_or(0);
+        let len = rows.iter().map(RowSource::count).max().unwrap_or(0);
         for row in rows {
-            if row.used > row.cache.len || row.row >= row.cache.batch {
+            if row.positions.end > row.cache.len || row.row >= row.cache.batch {
                 return Err(Error::InputShape {
-                    what: "KV cache row to gather (row, used positions)".into(),
+                    what: "KV cache row to gather (row, end of its positions)".into(),
                     expected: vec![row.cache.batch, row.cache.len],
-                    got: vec![row.row, row.used],
+                    got: vec![row.row, row.positions.end],
                 });
             }
         }
@@ -148,18 +148,18 @@ impl KvCache {
                 let options = (&template.device(), template.dtype());
                 let mut k = Tensor::zeros(shape, options);
                 let mut v = Tensor::zeros(shape, options);
-                for (index, row) in rows.iter().enumerate().filter(|(_, r)| r.used > 0) {
+                for (index, row) in rows.iter().enumerate().filter(|(_, r)| r.count() > 0) {
                     let source = &row.cache.layers[layer];
                     let from = [
                         row.row..row.row + 1,
                         0..kv_heads,
-                        row.cache.len - row.used..row.cache.len,
+                        row.positions.clone(),
                         0..head_dim,
                     ];
                     let to = [
                         index..index + 1,
                         0..kv_heads,
-                        len - row.used..len,
+                        len - row.count()..len,
                         0..head_dim,
                     ];
                     k = k.slice_assign(to.clone(), source.k.clone().slice(from.clone()));
@@ -177,46 +177,34 @@ impl KvCache {
     }
 }
 
-impl KvCache {
-    /// A one-row copy of the first `len` positions of row `row`, with room for `capacity`: a
-    /// prompt that starts with the same tokens continues from it.
-    pub fn prefix(&self, row: usize, len: usize, capacity: usize) -> Result<Self> {
-        if row >= self.batch || len > self.len || len == 0 || len > capacity {
-            return Err(Error::InputShape {
-                what: "KV cache prefix (row, positions, capacity)".into(),
-                expected: vec![self.batch, self.len],
-                got: vec![row, len, capacity],
-            });
-        }
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                let [_, kv_heads, _, head_dim] = layer.k.dims();
-                let shape = [1, kv_heads, capacity, head_dim];
-                let options = (&layer.k.device(), layer.k.dtype());
-                let from = [row..row + 1, 0..kv_heads, 0..len, 0..head_dim];
-                let to = [0..1, 0..kv_heads, 0..len, 0..head_dim];
-                LayerCache {
-                    k: Tensor::zeros(shape, options)
-                        .slice_assign(to.clone(), layer.k.clone().slice(from.clone())),
-                    v: Tensor::zeros(shape, options).slice_assign(to, layer.v.clone().slice(from)),
-                }
-            })
-            .collect();
-        Ok(Self {
-            layers,
-            batch: 1,
-            capacity,
-            len,
-        })
-    }
-}
-
-/// One row of a cache for [`KvCache::gather`]: its last `used` positions hold data.
-#[derive(Debug, Clone, Copy)]
+/// Positions of one row of a cache for [`KvCache::gather`].
+#[derive(Debug, Clone)]
 pub struct RowSource<'a> {
     pub cache: &'a KvCache,
     pub row: usize,
-    pub used: usize,
+    pub positions: std::ops::Range<usize>,
+}
+
+impl<'a> RowSource<'a> {
+    /// The last `used` positions: where a row of a lockstep batch keeps its keys.
+    pub fn last(cache: &'a KvCache, row: usize, used: usize) -> Self {
+        Self {
+            cache,
+            row,
+            positions: cache.len.saturating_sub(used)..cache.len,
+        }
+    }
+
+    /// The first `len` positions: a prefix that a prompt starting with the same tokens reuses.
+    pub fn first(cache: &'a KvCache, row: usize, len: usize) -> Self {
+        Self {
+            cache,
+            row,
+            positions: 0..len,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.positions.len()
+    }
 }

@@ -30,7 +30,7 @@ pub use config::{GenerationConfig, Idefics2Config};
 pub use device::{DeviceChoice, GpuAdapter};
 #[cfg(not(target_family = "wasm"))]
 pub use device::{
-    catch_panics, chosen_adapter, exit_on_panic, init_device, init_gpu_with_setup,
+    catch_panics, chosen_adapter, exit_on_panic, init_device, init_gpu_with_setup, panic_text,
     quiet_headless_wayland, resolve_auto,
 };
 pub use error::{Error, Result};

@@ -96,22 +96,33 @@ impl Pipeline {
 
     /// Renders chats, tokenizes, preprocesses images: one left-padded batch.
     pub fn prepare(&self, requests: &[Request], options: &ImageOptions) -> Result<ModelInput> {
-        let prompts = requests
-            .iter()
-            .map(|r| match &r.prompt {
-                Prompt::Raw(text) => Ok(text.clone()),
-                Prompt::Chat(messages) => self.processor.apply_chat_template(messages, true),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let images: Vec<Vec<DynamicImage>> = requests.iter().map(|r| r.images.clone()).collect();
-        let batch = self.processor.process(&prompts, &images, options)?;
-        Ok(model_input(batch))
+        prepare(&self.processor, requests.to_vec(), options)
     }
 
     /// Text of generated ids, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         Ok(self.processor.decode(ids, true)?)
     }
+}
+
+/// [`Pipeline::prepare`] with a processor alone (the model may live elsewhere, as in the serving
+/// engine), taking the requests so that their images are not copied.
+pub fn prepare(
+    processor: &Idefics2Processor,
+    requests: Vec<Request>,
+    options: &ImageOptions,
+) -> Result<ModelInput> {
+    let mut prompts = Vec::with_capacity(requests.len());
+    let mut images = Vec::with_capacity(requests.len());
+    for request in requests {
+        prompts.push(match request.prompt {
+            Prompt::Raw(text) => text,
+            Prompt::Chat(messages) => processor.apply_chat_template(&messages, true)?,
+        });
+        images.push(request.images);
+    }
+    let batch = processor.process(&prompts, &images, options)?;
+    Ok(model_input(batch))
 }
 
 /// Flattens the processor's rows into the model's `[batch, seq]` input.

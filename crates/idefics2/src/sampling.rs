@@ -17,6 +17,16 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// The seed of a sampling run; `None` for greedy decoding.
+    pub fn seed(&self) -> Option<u64> {
+        match *self {
+            Self::Greedy => None,
+            Self::Sample { seed, .. } => Some(seed),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingOptions {
     pub sampling: Sampling,
@@ -93,6 +103,23 @@ pub fn ban_bad_words(logits: &mut [f32], bad_words: &[Vec<u32>], context: &[u32]
             *logit = f32::NEG_INFINITY;
         }
     }
+}
+
+/// One row's next token from its logits, as transformers' processors choose it: bad words
+/// banned, the repetition penalty, then greedy or sampling. Returns the token and the scores
+/// after the ban (what log-probabilities are reported from, before temperature and penalties).
+pub fn next_token(
+    logits: &[f32],
+    context: &[u32],
+    bad_words: &[Vec<u32>],
+    options: &SamplingOptions,
+    rng: &mut Rng,
+) -> (usize, Vec<f32>) {
+    let mut scores = logits.to_vec();
+    ban_bad_words(&mut scores, bad_words, context);
+    let mut processed = scores.clone();
+    apply_repetition_penalty(&mut processed, context, options.repetition_penalty);
+    (choose(&processed, &options.sampling, rng), scores)
 }
 
 /// Natural-log probability of `token` under softmax(`logits`).

@@ -126,6 +126,8 @@ struct Inner {
     submit: mpsc::Sender<Submission>,
     shared: Arc<Shared>,
     processor: Arc<Idefics2Processor>,
+    /// Ids of the tokenizer's special tokens.
+    special: Arc<HashSet<u32>>,
     config: EngineConfig,
     next_id: AtomicU64,
 }
@@ -145,14 +147,15 @@ impl Engine {
             model,
             generation,
         } = pipeline;
-        let special: HashSet<u32> = processor
+        let special: Arc<HashSet<u32>> = processor
             .prompt
             .tokenizer()
             .get_added_tokens_decoder()
             .iter()
             .filter(|(_, token)| token.special)
             .map(|(id, _)| *id)
-            .collect();
+            .collect::<HashSet<u32>>()
+            .into();
         let prefixes = prefix::PrefixStore::new(
             config.prefix_cache_tokens,
             processor
@@ -163,12 +166,15 @@ impl Engine {
         let processor = Arc::new(processor);
         let shared = Arc::new(Shared::default());
         let (submit, inbox) = mpsc::channel();
+        let vocabulary = row::Vocabulary {
+            processor: processor.clone(),
+            eos_token_ids: generation.eos_ids(),
+            bad_words_ids: generation.bad_words(),
+            special: special.clone(),
+        };
         let worker = Worker::new(
             model,
-            processor.clone(),
-            generation.eos_ids(),
-            generation.bad_words(),
-            special,
+            vocabulary,
             config.clone(),
             shared.clone(),
             inbox,
@@ -183,6 +189,7 @@ impl Engine {
                 submit,
                 shared,
                 processor,
+                special,
                 config,
                 next_id: AtomicU64::new(1),
             }),
@@ -195,6 +202,11 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Whether `id` is one of the tokenizer's special tokens (`</s>`, `<end_of_utterance>`, ...).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.special.contains(&id)
     }
 
     /// Checks `request` against the limits; the first problem, named.

@@ -4,7 +4,7 @@
 pub use crate::cancel::CancelHandle;
 use crate::model::ModelInput;
 use crate::pixels::PixelBatch;
-use crate::sampling::{Sampling, SamplingOptions};
+use crate::sampling::SamplingOptions;
 
 /// How one request generates.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,16 +29,6 @@ impl Default for GenerateParams {
     }
 }
 
-impl GenerateParams {
-    /// The seed the request samples with, if it samples.
-    pub fn seed(&self) -> Option<u64> {
-        match self.sampling.sampling {
-            Sampling::Greedy => None,
-            Sampling::Sample { seed, .. } => Some(seed),
-        }
-    }
-}
-
 /// One prompt, tokenized, with its preprocessed images.
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
@@ -48,7 +38,8 @@ pub struct EngineRequest {
 }
 
 impl EngineRequest {
-    /// The request of row `row` of a batch the processor made (padding removed).
+    /// The request of a one-row batch the processor made (padding removed; a batch of several
+    /// rows is not one request).
     pub fn from_input(input: ModelInput, params: GenerateParams) -> Self {
         let ids = input
             .input_ids

@@ -1,23 +1,22 @@
 //! One request while it generates: its sampling state, its text so far and how it ends.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use web_time::Instant;
 
 use super::request::{
     CancelHandle, EngineEvent, Finished, GenerateParams, GeneratedToken, StopReason,
 };
-use crate::processor::{IncrementalDecoder, PromptProcessor};
-use crate::sampling::{
-    Rng, Sampling, apply_repetition_penalty, ban_bad_words, choose, log_prob, top_log_probs,
-};
+use crate::processor::{Idefics2Processor, IncrementalDecoder};
+use crate::sampling::{Rng, log_prob, next_token, top_log_probs};
 
-/// What every row shares: the model's stop ids, banned words and vocabulary.
-pub(super) struct Vocabulary<'a> {
-    pub prompt: &'a PromptProcessor,
-    pub eos_token_ids: &'a [u32],
-    pub bad_words_ids: &'a [Vec<u32>],
-    pub special: &'a HashSet<u32>,
+/// What every row shares: the tokenizer, the model's stop ids, banned words and special ids.
+pub(super) struct Vocabulary {
+    pub processor: Arc<Idefics2Processor>,
+    pub eos_token_ids: Vec<u32>,
+    pub bad_words_ids: Vec<Vec<u32>>,
+    pub special: Arc<HashSet<u32>>,
 }
 
 pub(super) struct Row {
@@ -55,7 +54,7 @@ impl Row {
         cancel: CancelHandle,
         enqueued: Instant,
     ) -> Self {
-        let rng = Rng::new(params.seed().unwrap_or(0));
+        let rng = Rng::new(params.sampling.sampling.seed().unwrap_or(0));
         Self {
             id,
             events,
@@ -95,16 +94,14 @@ impl Row {
 
     /// Chooses the next token from this row's logits, as `Idefics2::generate` does for a row,
     /// sends it, and decides whether the row ends here.
-    pub fn take_token(&mut self, logits: &[f32], vocab: &Vocabulary<'_>) {
-        let mut scores = logits.to_vec();
-        ban_bad_words(&mut scores, vocab.bad_words_ids, &self.context);
-        let mut processed = scores.clone();
-        apply_repetition_penalty(
-            &mut processed,
+    pub fn take_token(&mut self, logits: &[f32], vocab: &Vocabulary) {
+        let (token, scores) = next_token(
+            logits,
             &self.context,
-            self.params.sampling.repetition_penalty,
+            &vocab.bad_words_ids,
+            &self.params.sampling,
+            &mut self.rng,
         );
-        let token = choose(&processed, &self.params.sampling.sampling, &mut self.rng);
         let id = token as u32;
         let top = if self.params.top_logprobs > 0 {
             top_log_probs(&scores, self.params.top_logprobs)
@@ -115,14 +112,19 @@ impl Row {
         self.generated += 1;
         self.last = id;
         self.first_token.get_or_insert_with(Instant::now);
-        let text = match self.decoder.step(vocab.prompt, id) {
+        let text = match self.decoder.step(&vocab.processor.prompt, id) {
             Ok(text) => text.unwrap_or_default(),
             Err(e) => return self.fail(format!("decoding token {id}: {e}")),
         };
         self.text.push_str(&text);
         let event = GeneratedToken {
             id,
-            piece: vocab.prompt.tokenizer().id_to_token(id).unwrap_or_default(),
+            piece: vocab
+                .processor
+                .prompt
+                .tokenizer()
+                .id_to_token(id)
+                .unwrap_or_default(),
             text,
             logprob: log_prob(&scores, token),
             special: vocab.special.contains(&id),
@@ -154,23 +156,19 @@ impl Row {
     }
 
     /// Sends the end of the request (its last text, how it ended, its times).
-    pub fn finish(&mut self, vocab: &Vocabulary<'_>) {
+    pub fn finish(&mut self, vocab: &Vocabulary) {
         let reason = self.finished.unwrap_or(StopReason::Cancelled);
-        if let Ok(Some(rest)) = self.decoder.finish(vocab.prompt) {
+        if let Ok(Some(rest)) = self.decoder.finish(&vocab.processor.prompt) {
             self.text.push_str(&rest);
         }
         let now = Instant::now();
         let first = self.first_token.unwrap_or(now);
-        let seed = match self.params.sampling.sampling {
-            Sampling::Greedy => None,
-            Sampling::Sample { seed, .. } => Some(seed),
-        };
         let finished = Finished {
             reason,
             prompt_tokens: self.prompt_tokens,
             generated_tokens: self.generated,
             text: std::mem::take(&mut self.text),
-            seed,
+            seed: self.params.sampling.sampling.seed(),
             queue_seconds: (self.started - self.enqueued).as_secs_f64(),
             prefill_seconds: (first - self.started).as_secs_f64(),
             decode_seconds: (now - first).as_secs_f64(),

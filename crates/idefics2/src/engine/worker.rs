@@ -5,7 +5,7 @@
 //! preceded by padding the attention mask hides, so a row that joins (prefilled alone, then
 //! gathered in) or leaves only changes which rows the cache holds; RoPE positions are per row.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -21,7 +21,6 @@ use super::{EngineConfig, Shared};
 use crate::error::Result;
 use crate::kv_cache::{KvCache, RowSource};
 use crate::model::{Idefics2, ModelInput};
-use crate::processor::Idefics2Processor;
 
 /// A request on its way to the worker.
 pub(super) struct Submission {
@@ -33,14 +32,11 @@ pub(super) struct Submission {
 }
 
 pub(super) struct Worker {
-    pub model: Idefics2,
-    pub processor: Arc<Idefics2Processor>,
-    pub eos_token_ids: Vec<u32>,
-    pub bad_words_ids: Vec<Vec<u32>>,
-    pub special: HashSet<u32>,
-    pub config: EngineConfig,
-    pub shared: Arc<Shared>,
-    pub inbox: mpsc::Receiver<Submission>,
+    model: Idefics2,
+    vocabulary: Vocabulary,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<Submission>,
     waiting: VecDeque<Submission>,
     rows: Vec<Row>,
     cache: Option<KvCache>,
@@ -48,13 +44,9 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: Idefics2,
-        processor: Arc<Idefics2Processor>,
-        eos_token_ids: Vec<u32>,
-        bad_words_ids: Vec<Vec<u32>>,
-        special: HashSet<u32>,
+        vocabulary: Vocabulary,
         config: EngineConfig,
         shared: Arc<Shared>,
         inbox: mpsc::Receiver<Submission>,
@@ -62,10 +54,7 @@ impl Worker {
     ) -> Self {
         Self {
             model,
-            processor,
-            eos_token_ids,
-            bad_words_ids,
-            special,
+            vocabulary,
             config,
             shared,
             inbox,
@@ -125,7 +114,7 @@ impl Worker {
                         dropped.enqueued,
                     );
                     row.finished = Some(StopReason::Cancelled);
-                    row.finish(&self.vocabulary());
+                    row.finish(&self.vocabulary);
                 }
                 continue;
             }
@@ -160,15 +149,6 @@ impl Worker {
         }
     }
 
-    fn vocabulary(&self) -> Vocabulary<'_> {
-        Vocabulary {
-            prompt: &self.processor.prompt,
-            eos_token_ids: &self.eos_token_ids,
-            bad_words_ids: &self.bad_words_ids,
-            special: &self.special,
-        }
-    }
-
     /// Encodes the request's images and prompt alone, takes its first token, and lets the row
     /// join the running batch unless it already ended.
     fn prefill(&mut self, submission: Submission) {
@@ -200,7 +180,8 @@ impl Worker {
                         Some(pixels) => crops_from(pixels, reuse.images),
                         None => None,
                     };
-                    let cache = reuse.cache.prefix(0, reuse.len, total)?;
+                    let cache =
+                        KvCache::gather(&[RowSource::first(reuse.cache, 0, reuse.len)], total)?;
                     let input = ModelInput::single(request.input_ids[reuse.len..].to_vec(), pixels);
                     (cache, input, reuse.len)
                 }
@@ -223,10 +204,9 @@ impl Worker {
             let logits = futures_lite::future::block_on(model.read_logits(last))?;
             Ok((cache, logits))
         };
-        let (cache, logits) = match crate::catch_panics(run) {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return self.fail_one(row, e.to_string()),
-            Err(panic) => return self.fail_one(row, panic_message(&*panic)),
+        let (cache, logits) = match guarded(run) {
+            Ok(done) => done,
+            Err(message) => return self.fail_one(row, message),
         };
         self.shared
             .prompt_tokens
@@ -234,7 +214,7 @@ impl Worker {
         self.shared
             .reused_tokens
             .fetch_add(reused, Ordering::Relaxed);
-        row.take_token(&logits, &self.vocabulary());
+        row.take_token(&logits, &self.vocabulary);
         self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if row.finished.is_some() {
             if row.finished == Some(StopReason::Cancelled) {
@@ -242,10 +222,9 @@ impl Worker {
             } else {
                 self.prefixes
                     .insert(row.cached_ids(), row.images.clone(), cache);
-                self.publish();
             }
             self.shared.done(1);
-            row.finish(&self.vocabulary());
+            row.finish(&self.vocabulary);
             return;
         }
         self.rows.push(row);
@@ -268,23 +247,13 @@ impl Worker {
                 (false, _, Some(cache)) => (cache, 0),
                 _ => return Err("the engine lost a row's KV cache".into()),
             };
-            sources.push(RowSource {
-                cache,
-                row: cache_row,
-                used: row.used,
-            });
+            sources.push(RowSource::last(cache, cache_row, row.used));
         }
-        let gathered = if sources.is_empty() {
+        self.cache = if sources.is_empty() {
             None
         } else {
-            let run = || KvCache::gather(&sources, longest + ahead);
-            match crate::catch_panics(run) {
-                Ok(Ok(cache)) => Some(cache),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(panic) => return Err(panic_message(&*panic)),
-            }
+            Some(guarded(|| KvCache::gather(&sources, longest + ahead))?)
         };
-        self.cache = gathered;
         for (slot, row) in self.rows.iter_mut().enumerate() {
             row.slot = slot;
         }
@@ -310,18 +279,12 @@ impl Worker {
             let hidden = model.decode(embeds, &mask, &positions, cache)?;
             futures_lite::future::block_on(model.read_logits(hidden))
         };
-        let logits = match crate::catch_panics(run) {
-            Ok(Ok(logits)) => logits,
-            Ok(Err(e)) => return self.fail_all(e.to_string()),
-            Err(panic) => return self.fail_all(panic_message(&*panic)),
+        let logits = match guarded(run) {
+            Ok(logits) => logits,
+            Err(message) => return self.fail_all(message),
         };
         let vocab_size = logits.len() / batch;
-        let vocabulary = Vocabulary {
-            prompt: &self.processor.prompt,
-            eos_token_ids: &self.eos_token_ids,
-            bad_words_ids: &self.bad_words_ids,
-            special: &self.special,
-        };
+        let vocabulary = &self.vocabulary;
         // Rows choose their tokens in parallel: with a small model on the CPU, the host's work
         // per row (softmax over the vocabulary, text decoding) rivals the decode step itself.
         self.rows
@@ -329,7 +292,7 @@ impl Worker {
             .zip(logits.par_chunks(vocab_size))
             .for_each(|(row, logits)| {
                 row.used += 1;
-                row.take_token(logits, &vocabulary);
+                row.take_token(logits, vocabulary);
             });
         self.shared
             .generated_tokens
@@ -348,31 +311,19 @@ impl Worker {
         if self.rows.iter().all(|r| r.finished.is_none()) {
             return;
         }
-        let vocabulary = Vocabulary {
-            prompt: &self.processor.prompt,
-            eos_token_ids: &self.eos_token_ids,
-            bad_words_ids: &self.bad_words_ids,
-            special: &self.special,
-        };
+        let vocabulary = &self.vocabulary;
         for row in self.rows.iter_mut().filter(|r| r.finished.is_some()) {
             if row.finished == Some(StopReason::Cancelled) {
                 self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
             } else if let Some(cache) = &self.cache
                 // The row's keys are its last `used` positions (padding comes first).
-                && let Ok(kept) = KvCache::gather(
-                    &[RowSource {
-                        cache,
-                        row: row.slot,
-                        used: row.used,
-                    }],
-                    row.used,
-                )
+                && let Ok(kept) = KvCache::gather(&[RowSource::last(cache, row.slot, row.used)], row.used)
             {
                 self.prefixes
                     .insert(row.cached_ids(), row.images.clone(), kept);
             }
             self.shared.done(1);
-            row.finish(&vocabulary);
+            row.finish(vocabulary);
         }
         self.rows.retain(|r| r.finished.is_none());
         if let Err(message) = self.regather(None) {
@@ -398,11 +349,12 @@ impl Worker {
     }
 }
 
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
-    format!("the model failed: {text}")
+/// Runs model work, turning its error or its panic (how burn reports a lost device or a full
+/// memory) into a message for the requests it concerns.
+fn guarded<R>(work: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
+    match crate::catch_panics(work) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("the model failed: {}", crate::panic_text(&*panic))),
+    }
 }
