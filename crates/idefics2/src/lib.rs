@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod log_softmax;
 pub mod model;
 pub mod model_files;
 pub mod pipeline;

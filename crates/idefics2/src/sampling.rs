@@ -3,6 +3,7 @@
 //! temperature, top-k and top-p from a seeded generator.
 
 use crate::error::{Error, Result};
+use crate::log_softmax::{self, LogSoftmax};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sampling {
@@ -117,6 +118,9 @@ pub fn next_token(
 ) -> (usize, Vec<f32>) {
     let mut scores = logits.to_vec();
     ban_bad_words(&mut scores, bad_words, context);
+    if options.repetition_penalty == 1.0 {
+        return (choose(&scores, &options.sampling, rng), scores);
+    }
     let mut processed = scores.clone();
     apply_repetition_penalty(&mut processed, context, options.repetition_penalty);
     (choose(&processed, &options.sampling, rng), scores)
@@ -124,22 +128,17 @@ pub fn next_token(
 
 /// Natural-log probability of `token` under softmax(`logits`).
 pub fn log_prob(logits: &[f32], token: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // f32 exp (a third of the f64 cost; its 1e-7 relative error is far below what matters here),
-    // summed in f64.
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
-    ((logits[token] - max) as f64 - sum.ln()) as f32
+    LogSoftmax::of(logits).log_prob(logits[token])
 }
 
 /// The `k` most likely tokens under softmax(`logits`) with their natural-log probabilities, most
 /// likely first (ties by lower id).
 pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln();
+    top_log_probs_with(logits, &LogSoftmax::of(logits), k)
+}
+
+/// [`top_log_probs`] with the row's normaliser already computed.
+pub fn top_log_probs_with(logits: &[f32], norm: &LogSoftmax, k: usize) -> Vec<(u32, f32)> {
     let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     let mut ids: Vec<usize> = (0..logits.len()).collect();
     let k = k.min(ids.len());
@@ -150,7 +149,7 @@ pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     ids.truncate(k);
     ids.sort_by(order);
     ids.into_iter()
-        .map(|i| (i as u32, ((logits[i] - max) as f64 - log_sum) as f32))
+        .map(|i| (i as u32, norm.log_prob(logits[i])))
         .collect()
 }
 
@@ -244,28 +243,27 @@ pub fn choose(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> usize {
 /// Sampling from the whole softmax(`logits` / `temperature`) in id order: no sort of the
 /// vocabulary (a sort of 32k candidates per token cost more than a small model's decode step).
 fn sample_all(logits: &[f32], temperature: f32, rng: &mut Rng) -> usize {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = log_softmax::max(logits);
     if !max.is_finite() {
         return argmax(logits);
     }
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&l| f64::from(((l - max) / temperature).exp()))
-        .collect();
-    let total: f64 = weights.iter().sum();
+    let mut weights = vec![0f32; logits.len()];
+    let total = log_softmax::exp_sum(logits, max, 1.0 / temperature, Some(&mut weights));
     let mut target = rng.next_f64() * total;
-    let mut last = argmax(logits);
+    let mut last = None;
     for (i, &w) in weights.iter().enumerate() {
         if w == 0.0 {
             continue;
         }
+        let w = f64::from(w);
         if target < w {
             return i;
         }
         target -= w;
-        last = i;
+        last = Some(i);
     }
-    last
+    // Rounding left some target over: the last token with any weight.
+    last.unwrap_or_else(|| argmax(logits))
 }
 
 #[cfg(test)]

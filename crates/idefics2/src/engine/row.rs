@@ -8,8 +8,9 @@ use web_time::Instant;
 use super::request::{
     CancelHandle, EngineEvent, Finished, GenerateParams, GeneratedToken, StopReason,
 };
+use crate::log_softmax::LogSoftmax;
 use crate::processor::{Idefics2Processor, IncrementalDecoder};
-use crate::sampling::{Rng, log_prob, next_token, top_log_probs};
+use crate::sampling::{Rng, next_token, top_log_probs_with};
 
 /// What every row shares: the tokenizer, the model's stop ids, banned words and special ids.
 pub(super) struct Vocabulary {
@@ -103,8 +104,9 @@ impl Row {
             &mut self.rng,
         );
         let id = token as u32;
+        let norm = LogSoftmax::of(&scores);
         let top = if self.params.top_logprobs > 0 {
-            top_log_probs(&scores, self.params.top_logprobs)
+            top_log_probs_with(&scores, &norm, self.params.top_logprobs)
         } else {
             Vec::new()
         };
@@ -126,7 +128,7 @@ impl Row {
                 .id_to_token(id)
                 .unwrap_or_default(),
             text,
-            logprob: log_prob(&scores, token),
+            logprob: norm.log_prob(scores[token]),
             special: vocab.special.contains(&id),
             top,
         };
