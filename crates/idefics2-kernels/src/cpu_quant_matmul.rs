@@ -53,8 +53,64 @@ pub fn cpu_quant_matmul(x: Tensor<2>, w: &PackedWeight) -> Tensor<2> {
     Tensor::from_data(TensorData::new(out, [rows, w.n_out]), &device)
 }
 
-/// `x [rows, k_in] @ W^T -> [rows, n_out]` on the host, reading the codes directly.
+/// `x [rows, k_in] @ W^T -> [rows, n_out]` on the host, reading the codes directly: q4 in 16-bit
+/// integers where the CPU has AVX2 ([`crate::cpu_q4_i16`]), else in f32.
 pub fn quant_gemv(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_q4_i16::applies(w) {
+        return quant_gemv_i16(x, rows, w);
+    }
+    quant_gemv_f32(x, rows, w)
+}
+
+/// [`quant_gemv`] through [`crate::cpu_q4_i16`] (callers check [`crate::cpu_q4_i16::applies`]).
+#[cfg(target_arch = "x86_64")]
+pub fn quant_gemv_i16(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
+    use crate::cpu_q4_i16::{BLOCK, QuantizedRows, applies, gemv_rows};
+    assert!(
+        applies(w),
+        "the 16-bit q4 GEMV needs q4 in blocks of {BLOCK} and AVX2"
+    );
+    assert!(
+        rows <= CPU_GEMV_MAX_ROWS,
+        "at most {CPU_GEMV_MAX_ROWS} rows, got {rows}"
+    );
+    assert_eq!(
+        x.len(),
+        rows * w.k_in,
+        "x holds {} values, not {rows} x {}",
+        x.len(),
+        w.k_in
+    );
+    let blocks = w.groups_per_row() * w.format.group() / BLOCK;
+    let xq = QuantizedRows::new(x, rows, w.k_in, blocks);
+    let mut out_t = vec![0f32; w.n_out * rows];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
+        .enumerate()
+        .for_each(|(task, out)| {
+            // SAFETY: `applies` checked AVX2 and FMA above.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemv_rows(w, &xq, rows, task * ROWS_PER_TASK, out)
+            }
+        });
+    transpose(&out_t, w.n_out, rows)
+}
+
+/// `[n, m]` -> `[m, n]`.
+fn transpose(values: &[f32], n: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for i in 0..n {
+        for j in 0..m {
+            out[j * n + i] = values[i * m + j];
+        }
+    }
+    out
+}
+
+/// [`quant_gemv`] in f32: every code turned into a float and multiplied.
+pub fn quant_gemv_f32(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
     let (k_in, group, groups) = (w.k_in, w.format.group(), w.groups_per_row());
     assert_eq!(
         x.len(),
@@ -99,13 +155,7 @@ pub fn quant_gemv(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
                 out,
             })
         });
-    let mut out = vec![0f32; rows * w.n_out];
-    for n in 0..w.n_out {
-        for m in 0..rows {
-            out[m * w.n_out + n] = out_t[n * rows + m];
-        }
-    }
-    out
+    transpose(&out_t, w.n_out, rows)
 }
 
 /// The f32 weight `[n_out, k_in]`, dequantized by rayon tasks of [`ROWS_PER_TASK`] rows.
@@ -121,7 +171,7 @@ pub fn dequantize_parallel(w: &PackedWeight) -> Vec<f32> {
                 let n = task * ROWS_PER_TASK + i;
                 let words = &w.words[n * w.words_per_row()..(n + 1) * w.words_per_row()];
                 for g in 0..groups {
-                    let zero = w.zeros.get(n * groups + g).copied().unwrap_or(0.0);
+                    let zero = w.zeros.get(n * groups + g).map_or(0.0, |&z| f32::from(z));
                     let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
                     decode_group(w.format, group_words, zero, &mut values);
                     let scale = w.scales[n * groups + g];
@@ -195,7 +245,7 @@ fn gemv_task_body(task: GemvTask<'_>) {
                 offsets[..rows].fill(0.0);
                 for g in 0..groups {
                     let scale = w.scales[n * groups + g];
-                    let zero = w.zeros[n * groups + g];
+                    let zero = f32::from(w.zeros[n * groups + g]);
                     let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
                     for m in 0..rows {
                         let x = &xp[m * k_pad + g * group..m * k_pad + (g + 1) * group];
@@ -219,7 +269,7 @@ fn gemv_task_body(task: GemvTask<'_>) {
             let words = &w.words[n * words_per_row..(n + 1) * words_per_row];
             acc[..rows].fill(0.0);
             for g in 0..groups {
-                let zero = w.zeros.get(n * groups + g).copied().unwrap_or(0.0);
+                let zero = w.zeros.get(n * groups + g).map_or(0.0, |&z| f32::from(z));
                 let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
                 decode_group(w.format, group_words, zero, &mut values);
                 let scale = w.scales[n * groups + g];
@@ -311,8 +361,31 @@ mod tests {
         out
     }
 
+    /// What rounding `x` to 16 bits may move each output of the 16-bit GEMV by: per block, half
+    /// its step times the block's sum of |w|.
+    #[cfg(target_arch = "x86_64")]
+    fn i16_error_bounds(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f64> {
+        use crate::cpu_q4_i16::{BLOCK, QuantizedRows};
+        let blocks = w.groups_per_row() * w.format.group() / BLOCK;
+        let xq = QuantizedRows::new(x, rows, w.k_in, blocks);
+        let weight = w.dequantize();
+        let mut bounds = vec![0f64; rows * w.n_out];
+        for m in 0..rows {
+            for n in 0..w.n_out {
+                bounds[m * w.n_out + n] = (0..w.k_in)
+                    .map(|k| {
+                        f64::from(xq.half_step(m, k / BLOCK))
+                            * f64::from(weight[n * w.k_in + k].abs())
+                    })
+                    .sum();
+            }
+        }
+        bounds
+    }
+
     #[test]
     fn gemv_and_dequantize_match_the_dequantized_weight_on_odd_shapes() {
+        let mut tested_i16 = false;
         let mut state = 0x1234_5678u32;
         let mut next = move || {
             state ^= state << 13;
@@ -334,15 +407,37 @@ mod tests {
                 assert_eq!(dequantize_parallel(&w), w.dequantize(), "{format:?}");
                 for rows in [1, 3, CPU_GEMV_MAX_ROWS] {
                     let x: Vec<f32> = (0..rows * k_in).map(|_| next()).collect();
-                    let got = quant_gemv(&x, rows, &w);
-                    for (i, (g, e)) in got.iter().zip(naive(&x, rows, &w)).enumerate() {
+                    let expected = naive(&x, rows, &w);
+                    let got = quant_gemv_f32(&x, rows, &w);
+                    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
                         assert!(
                             (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + e.abs()),
                             "{format:?} {n_out}x{k_in} rows {rows} at {i}: {g} vs {e}"
                         );
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::cpu_q4_i16::applies(&w) {
+                        let got = quant_gemv_i16(&x, rows, &w);
+                        let bounds = i16_error_bounds(&x, rows, &w);
+                        for (i, ((g, e), bound)) in
+                            got.iter().zip(&expected).zip(bounds).enumerate()
+                        {
+                            assert!(
+                                (f64::from(*g) - e).abs() <= bound + 1e-5 * (1.0 + e.abs()),
+                                "{format:?} i16 {n_out}x{k_in} rows {rows} at {i}: {g} vs {e}"
+                            );
+                        }
+                        tested_i16 = true;
+                    }
                 }
             }
         }
+        // This machine (and CI's) has AVX2: the 16-bit path must not go untested silently.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            tested_i16,
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        );
     }
 }

@@ -17,9 +17,9 @@ pub struct PackedWeight {
     /// `[n_out, groups_per_row]` scales: f16 values held in f32 (see [`f16_scale`]), so a device
     /// may store them in either type and compute the same products.
     pub scales: Vec<f32>,
-    /// `[n_out, groups_per_row]` zero points (whole numbers in 0..=15) for
-    /// [`QuantFormat::Q4`]; empty for [`QuantFormat::Q8`].
-    pub zeros: Vec<f32>,
+    /// `[n_out, groups_per_row]` zero points (0..=15) for [`QuantFormat::Q4`]; empty for
+    /// [`QuantFormat::Q8`]. Bytes: the CPU device streams them with the codes at every decode step.
+    pub zeros: Vec<u8>,
 }
 
 /// Quantizes `weight` (`[n_out, k_in]`, row-major f32) group by group along `k_in`.
@@ -56,7 +56,7 @@ pub fn quantize(
         words: vec![0; n_out * words_per_row],
         scales: vec![0.0; n_out * groups],
         zeros: if format.has_zero_point() {
-            vec![0.0; n_out * groups]
+            vec![0; n_out * groups]
         } else {
             Vec::new()
         },
@@ -77,7 +77,8 @@ pub fn quantize(
             })?;
             packed.scales[row * groups + g] = scale;
             if format.has_zero_point() {
-                packed.zeros[row * groups + g] = zero;
+                // A whole number in 0..=15 (see quantize_q4).
+                packed.zeros[row * groups + g] = zero as u8;
             }
             let first_word = row * words_per_row + g * group / per_word;
             for (i, code) in codes.iter().enumerate() {
@@ -167,7 +168,7 @@ impl PackedWeight {
                 let scale = self.scales[at];
                 out.push(match self.format {
                     QuantFormat::Q8 { .. } => f32::from(code as u8 as i8) * scale,
-                    QuantFormat::Q4 { .. } => (code as f32 - self.zeros[at]) * scale,
+                    QuantFormat::Q4 { .. } => (code as f32 - f32::from(self.zeros[at])) * scale,
                 });
             }
         }

@@ -69,7 +69,7 @@ impl QuantizedWeight {
                     + t.zeros.as_ref().map_or(0, bytes)
             }
             WeightStorage::Host { packed, .. } => {
-                4 * (packed.words.len() + packed.scales.len() + packed.zeros.len())
+                4 * (packed.words.len() + packed.scales.len()) + packed.zeros.len()
             }
         }
     }
@@ -184,7 +184,15 @@ fn block_tensors(packed: &PackedWeight, device: &Device, scale_dtype: DType) -> 
     WeightTensors {
         words,
         scales: per_group(&packed.scales),
-        zeros: format.has_zero_point().then(|| per_group(&packed.zeros)),
+        zeros: format.has_zero_point().then(|| {
+            per_group(
+                &packed
+                    .zeros
+                    .iter()
+                    .map(|&z| f32::from(z))
+                    .collect::<Vec<_>>(),
+            )
+        }),
     }
 }
 

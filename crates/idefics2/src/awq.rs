@@ -80,13 +80,13 @@ impl AwqLayout {
                 }
             }
         }
-        let mut zeros = vec![0f32; n_out * groups];
+        let mut zeros = vec![0u8; n_out * groups];
         let mut row_scales = vec![0f32; n_out * groups];
         for g in 0..groups {
             for c in 0..words_in {
                 let word = qzeros[g * words_in + c];
                 for (j, nibble) in REVERSE_ORDER.iter().enumerate() {
-                    zeros[(8 * c + j) * groups + g] = ((word >> (4 * nibble)) & 0xF) as f32;
+                    zeros[(8 * c + j) * groups + g] = ((word >> (4 * nibble)) & 0xF) as u8;
                 }
             }
             for n in 0..n_out {
@@ -134,7 +134,7 @@ mod tests {
         let qweight = vec![0x7531_6420; 8]; // every input k: column n has code n
         let packed = layout.to_packed(&qweight, &[0x7531_6420], &[1.0; 8], 8, 8);
         for n in 0..8 {
-            assert_eq!(packed.zeros[n], n as f32, "zero of column {n}");
+            assert_eq!(packed.zeros[n], n as u8, "zero of column {n}");
             assert_eq!(
                 packed.words[n],
                 n as u32 * 0x1111_1111,

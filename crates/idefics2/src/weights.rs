@@ -445,7 +445,8 @@ impl<'a> TensorLoader<'a> {
         let words = self.host_words(&qweight, &[n_out, format.words_per_row(k_in)]);
         let scales = self.host_values(&scales, &[n_out, groups]);
         let zeros = if format.has_zero_point() {
-            self.host_values(&qzeros, &[n_out, groups])
+            let values = self.host_values(&qzeros, &[n_out, groups]);
+            values.and_then(|values| self.zero_points(&qzeros, &values))
         } else {
             Some(Vec::new())
         };
@@ -559,6 +560,19 @@ impl<'a> TensorLoader<'a> {
                 None
             }
         }
+    }
+
+    /// Zero points as bytes: each must be a whole number in 0..=15 (a 4-bit code).
+    fn zero_points(&mut self, name: &str, values: &[f32]) -> Option<Vec<u8>> {
+        let valid = |z: f32| z.fract() == 0.0 && (0.0..=15.0).contains(&z);
+        if let Some((at, &bad)) = values.iter().enumerate().find(|(_, z)| !valid(**z)) {
+            self.failure = Some(Error::Quant {
+                name: name.to_string(),
+                message: format!("zero point {bad} at {at} is not a whole number in 0..=15"),
+            });
+            return None;
+        }
+        Some(values.iter().map(|&z| z as u8).collect())
     }
 
     /// Packed words (stored as I32 or U32) on the host.

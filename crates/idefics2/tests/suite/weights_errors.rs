@@ -127,3 +127,37 @@ fn corrupt_and_missing_files_are_named() {
     assert!(message.contains("config.json"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_saved_zero_point_that_is_not_a_4_bit_code_is_named() {
+    use idefics2::quant::{QuantFormat, QuantPolicy};
+    use idefics2::quant_save::quantize_checkpoint;
+    let dir = std::env::temp_dir().join(format!("idefics2-zeros-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let policy = QuantPolicy::new(Some(QuantFormat::Q4_32));
+    quantize_checkpoint(&common::checkpoint("tiny-f32"), &dir, policy).unwrap();
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut map: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    let name = map.keys().find(|n| n.ends_with(".qzeros")).unwrap().clone();
+    let entry = map.get_mut(&name).unwrap();
+    assert_eq!(entry.0, Dtype::F16);
+    // 16.5 in f16: neither whole nor a 4-bit code.
+    entry.2[..2].copy_from_slice(&[0x20, 0x4C]);
+    let views: Vec<(String, TensorView)> = map
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains(&name) && message.contains("zero point 16.5"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
