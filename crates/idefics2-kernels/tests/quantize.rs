@@ -5,8 +5,23 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{Rng, matmul_f64, relative_error};
 use idefics2_kernels::{
-    QuantFormat, dequantize_reference, f16_scale, quant_matmul, quantize, upload, uses_kernels,
+    PackedWeight, QuantFormat, dequantize_reference, f16_scale, quant_matmul, quantize, upload,
+    uses_kernels,
 };
+
+/// The relative error the CPU device's quantized matmul may show for `rows` rows: float
+/// arithmetic's, or where q4 runs in 16-bit integers (AVX2, up to 8 rows) what rounding each
+/// block of 32 activations to 32767ths of its largest adds (about 1.5e-5 for uniform values).
+fn cpu_bound(packed: &PackedWeight, rows: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if idefics2_kernels::cpu_q4_i16::applies(packed)
+        && rows <= idefics2_kernels::cpu_quant_matmul::CPU_GEMV_MAX_ROWS
+    {
+        return 5e-5;
+    }
+    let _ = (packed, rows);
+    1e-5
+}
 
 const FORMATS: [QuantFormat; 4] = [
     QuantFormat::Q8_32,
@@ -114,7 +129,7 @@ fn reference_on_cpu_matches_host() {
             let want = matmul_f64(&x, &packed.dequantize(), m, k, n);
             let err = relative_error(&got, &want);
             assert!(
-                err < 1e-5,
+                err < cpu_bound(&packed, m),
                 "{format:?} m {m} k {k} n {n}: relative error {err}"
             );
         }
@@ -134,5 +149,5 @@ fn three_dimensional_input_keeps_leading_dims() {
     assert_eq!(y3.dims(), [2, 3, n]);
     let got: Vec<f32> = y3.into_data().try_to_vec::<f32>().expect("f32");
     let err = relative_error(&got, &matmul_f64(&x, &packed.dequantize(), 6, k, n));
-    assert!(err < 1e-5, "relative error {err}");
+    assert!(err < cpu_bound(&packed, 6), "relative error {err}");
 }
