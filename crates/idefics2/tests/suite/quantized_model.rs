@@ -42,29 +42,23 @@ fn last_logits(model: &Idefics2, case_name: &str, checkpoint: &str) -> Vec<f64> 
 
 /// Greedy ids of every row equal the reference's; returns the largest logprob error.
 fn greedy_matches(model: &Idefics2, checkpoint: &str, case_name: &str, label: &str) -> f64 {
-    let dir = common::checkpoint(checkpoint);
-    let generation = GenerationConfig::from_file(&dir.join("generation_config.json")).unwrap();
+    let (tokens, logprobs) = greedy(model, checkpoint, case_name);
     let case = reference_case(checkpoint, case_name);
-    let input = model_input(&case);
     let steps = case["greedy_ids"].shape[1];
-    let options = GenerationOptions::from_generation_config(&generation, steps);
-    let out = model
-        .generate(&input, &options, |_| ControlFlow::Continue(()))
-        .unwrap();
     let expected = case["greedy_ids"].as_i64();
     let mut worst = 0.0f64;
-    for row in 0..input.batch {
+    for row in 0..tokens.len() {
         let want: Vec<i64> = expected[row * steps..(row + 1) * steps]
             .iter()
             .copied()
             .filter(|&t| t >= 0)
             .collect();
-        let got: Vec<i64> = out.tokens[row].iter().map(|&t| t as i64).collect();
+        let got: Vec<i64> = tokens[row].iter().map(|&t| t as i64).collect();
         assert_eq!(
             got, want,
             "{label} {checkpoint}/{case_name} row {row}: greedy ids"
         );
-        for (i, lp) in out.logprobs[row].iter().enumerate() {
+        for (i, lp) in logprobs[row].iter().enumerate() {
             let reference = case["greedy_logprobs"].values[row * steps + i];
             worst = worst.max((*lp as f64 - reference).abs());
         }

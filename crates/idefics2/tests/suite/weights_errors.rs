@@ -19,7 +19,17 @@ fn edited_checkpoint(
     let source = common::checkpoint("tiny-f32");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(source.join("config.json"), dir.join("config.json")).unwrap();
-    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let weights = dir.join("model.safetensors");
+    std::fs::copy(source.join("model.safetensors"), &weights).unwrap();
+    edit_weights(&weights, edit);
+}
+
+/// Rewrites the safetensors file at `path` through `edit` (name -> dtype, shape, bytes).
+fn edit_weights(
+    path: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) {
+    let bytes = std::fs::read(path).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let mut map: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = tensors
         .tensors()
@@ -31,7 +41,7 @@ fn edited_checkpoint(
         .iter()
         .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
 fn load_error(dir: &Path) -> Error {
@@ -136,24 +146,14 @@ fn a_saved_zero_point_that_is_not_a_4_bit_code_is_named() {
     let _ = std::fs::remove_dir_all(&dir);
     let policy = QuantPolicy::new(Some(QuantFormat::Q4_32));
     quantize_checkpoint(&common::checkpoint("tiny-f32"), &dir, policy).unwrap();
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let mut map: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    let name = map.keys().find(|n| n.ends_with(".qzeros")).unwrap().clone();
-    let entry = map.get_mut(&name).unwrap();
-    assert_eq!(entry.0, Dtype::F16);
-    // 16.5 in f16: neither whole nor a 4-bit code.
-    entry.2[..2].copy_from_slice(&[0x20, 0x4C]);
-    let views: Vec<(String, TensorView)> = map
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let mut name = String::new();
+    edit_weights(&dir.join("model.safetensors"), |map| {
+        name = map.keys().find(|n| n.ends_with(".qzeros")).unwrap().clone();
+        let entry = map.get_mut(&name).unwrap();
+        assert_eq!(entry.0, Dtype::F16);
+        // 16.5 in f16: neither whole nor a 4-bit code.
+        entry.2[..2].copy_from_slice(&[0x20, 0x4C]);
+    });
     let message = load_error(&dir).to_string();
     assert!(
         message.contains(&name) && message.contains("zero point 16.5"),
