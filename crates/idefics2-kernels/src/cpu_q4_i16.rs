@@ -47,8 +47,10 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// `x [rows, k_in]`, zero-padded to `blocks` whole blocks per row.
-    pub fn new(x: &[f32], rows: usize, k_in: usize, blocks: usize) -> Self {
+    /// `x [rows, k_in]` for multiplying by `w`, zero-padded to its whole groups.
+    pub fn new(x: &[f32], rows: usize, w: &PackedWeight) -> Self {
+        let k_in = w.k_in;
+        let blocks = w.groups_per_row() * w.format.group() / BLOCK;
         let mut values = vec![0i16; rows * blocks * BLOCK];
         let mut scales = vec![0f32; rows * blocks];
         for m in 0..rows {

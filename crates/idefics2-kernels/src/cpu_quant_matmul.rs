@@ -82,8 +82,7 @@ pub fn quant_gemv_i16(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
         x.len(),
         w.k_in
     );
-    let blocks = w.groups_per_row() * w.format.group() / BLOCK;
-    let xq = QuantizedRows::new(x, rows, w.k_in, blocks);
+    let xq = QuantizedRows::new(x, rows, w);
     let mut out_t = vec![0f32; w.n_out * rows];
     out_t
         .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
@@ -366,8 +365,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn i16_error_bounds(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f64> {
         use crate::cpu_q4_i16::{BLOCK, QuantizedRows};
-        let blocks = w.groups_per_row() * w.format.group() / BLOCK;
-        let xq = QuantizedRows::new(x, rows, w.k_in, blocks);
+        let xq = QuantizedRows::new(x, rows, w);
         let weight = w.dequantize();
         let mut bounds = vec![0f64; rows * w.n_out];
         for m in 0..rows {

@@ -67,7 +67,7 @@ pub fn quantize(
         for g in 0..groups {
             let values = &row_values[g * group..((g + 1) * group).min(k_in)];
             let (scale, zero) = match format {
-                QuantFormat::Q8 { .. } => quantize_q8(values, &mut codes).map(|s| (s, 0.0)),
+                QuantFormat::Q8 { .. } => quantize_q8(values, &mut codes).map(|s| (s, 0)),
                 QuantFormat::Q4 { .. } => quantize_q4(values, &mut codes),
             }
             .map_err(|scale| QuantError::ScaleOutOfRange {
@@ -77,8 +77,7 @@ pub fn quantize(
             })?;
             packed.scales[row * groups + g] = scale;
             if format.has_zero_point() {
-                // A whole number in 0..=15 (see quantize_q4).
-                packed.zeros[row * groups + g] = zero as u8;
+                packed.zeros[row * groups + g] = zero;
             }
             let first_word = row * words_per_row + g * group / per_word;
             for (i, code) in codes.iter().enumerate() {
@@ -124,27 +123,33 @@ fn quantize_q8(values: &[f32], codes: &mut [u32]) -> Result<f32, f32> {
 /// Fills `codes` (a whole group, padding included) with 4-bit codes of `values` and returns
 /// `(scale, zero)`; padding gets the zero point, so it dequantizes to exactly 0 (Err: the scale
 /// f16 cannot hold).
-fn quantize_q4(values: &[f32], codes: &mut [u32]) -> Result<(f32, f32), f32> {
+fn quantize_q4(values: &[f32], codes: &mut [u32]) -> Result<(f32, u8), f32> {
     let (min, max) = values
         .iter()
         .fold((0.0f32, 0.0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let scale = f16_scale((max - min) / 15.0)?;
     if scale == 0.0 {
         codes.fill(0);
-        return Ok((0.0, 0.0));
+        return Ok((0.0, 0));
     }
     let zero = (-min / scale).round().clamp(0.0, 15.0);
     codes.fill(zero as u32);
     for (code, v) in codes.iter_mut().zip(values) {
         *code = ((v / scale).round() + zero).clamp(0.0, 15.0) as u32;
     }
-    Ok((scale, zero))
+    // A whole number in 0..=15, clamped above.
+    Ok((scale, zero as u8))
 }
 
 impl PackedWeight {
     /// Groups per row of this weight.
     pub fn groups_per_row(&self) -> usize {
         self.format.groups_per_row(self.k_in)
+    }
+
+    /// The zero points as f32 (the type devices and saved checkpoints hold them in).
+    pub fn zeros_f32(&self) -> Vec<f32> {
+        self.zeros.iter().map(|&z| f32::from(z)).collect()
     }
 
     /// Packed words per row of this weight.

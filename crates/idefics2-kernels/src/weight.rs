@@ -184,15 +184,9 @@ fn block_tensors(packed: &PackedWeight, device: &Device, scale_dtype: DType) -> 
     WeightTensors {
         words,
         scales: per_group(&packed.scales),
-        zeros: format.has_zero_point().then(|| {
-            per_group(
-                &packed
-                    .zeros
-                    .iter()
-                    .map(|&z| f32::from(z))
-                    .collect::<Vec<_>>(),
-            )
-        }),
+        zeros: format
+            .has_zero_point()
+            .then(|| per_group(&packed.zeros_f32())),
     }
 }
 

@@ -181,13 +181,7 @@ pub fn quantize_checkpoint(
                 let bytes: Vec<u8> = match part {
                     0 => packed.words.iter().flat_map(|w| w.to_le_bytes()).collect(),
                     1 => halves(&packed.scales),
-                    _ => halves(
-                        &packed
-                            .zeros
-                            .iter()
-                            .map(|&z| f32::from(z))
-                            .collect::<Vec<_>>(),
-                    ),
+                    _ => halves(&packed.zeros_f32()),
                 };
                 write(&mut out, &bytes)?;
             }
