@@ -4,7 +4,9 @@
 //! unless given). `IDEFICS2_GEMV_QUADS=Q` forces the column quads per GEMV thread,
 //! `IDEFICS2_TILED_GEMM=1` the tiled GEMM for more than 8 rows on CPU adapters,
 //! `IDEFICS2_PLAIN_LOADS=1` x loaded by every GEMV lane (not shared over subgroups); `SPEED_RUNS=N`
-//! times N runs instead of 5, `SPEED_VERBOSE=1` prints them all (sorted).
+//! times N runs instead of 5, `SPEED_VERBOSE=1` prints them all (sorted). `SPEED_COPIES=N` keeps
+//! N copies of each weight and runs them in turn, so that the weights exceed the CPU's last-level
+//! cache as a model's do (one weight of the default shape fits in this machine's 32 MiB L3).
 //!
 //! GB/s of the GEMV rows are effective: the bytes of packed words, scales, zero points, `x` and
 //! the output, over the time.
@@ -58,13 +60,23 @@ fn main() {
         .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1)
         .collect();
     // burn's f32 matmul beside the kernels, when the f32 weight fits one binding.
-    let dense = (4 * (n_out * k_in) as u64 <= caps.max_binding_bytes).then(|| {
-        Tensor::<2>::from_data(
-            burn::tensor::TensorData::new(weight.clone(), [n_out, k_in]),
-            &device,
-        )
-        .transpose()
-    });
+    let copies: usize = std::env::var("SPEED_COPIES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let dense: Option<Vec<Tensor<2>>> = (4 * (n_out * k_in) as u64 <= caps.max_binding_bytes)
+        .then(|| {
+            (0..copies)
+                .map(|_| {
+                    Tensor::<2>::from_data(
+                        burn::tensor::TensorData::new(weight.clone(), [n_out, k_in]),
+                        &device,
+                    )
+                    .transpose()
+                })
+                .collect()
+        });
     // `SPEED_GROUP=128`: groups of 128 values (AWQ checkpoints) instead of 32.
     let group = std::env::var("SPEED_GROUP")
         .ok()
@@ -75,22 +87,35 @@ fn main() {
         .iter()
         .map(|&format| quantize(&weight, n_out, k_in, format).expect("valid format"))
         .collect();
-    let uploaded: Vec<_> = packed
+    let uploaded: Vec<Vec<_>> = packed
         .iter()
-        .map(|p| upload(p, &device).expect("upload"))
+        .map(|p| {
+            (0..copies)
+                .map(|_| upload(p, &device).expect("upload"))
+                .collect()
+        })
         .collect();
+    if copies > 1 {
+        println!("{copies} copies of each weight, run in turn");
+    }
+    let next = std::cell::Cell::new(0usize);
+    let turn = || {
+        next.set(next.get() + 1);
+        next.get() % copies
+    };
     for rows in rows_list {
         let x = Tensor::<2>::random([rows, k_in], Distribution::Uniform(-1.0, 1.0), &device);
         let mut line = format!("[{rows} x {k_in}] x [{k_in} x {n_out}]:");
         match &dense {
             Some(dense) => {
-                let f32_ms = time(&device, || x.clone().matmul(dense.clone()));
+                let f32_ms = time(&device, || x.clone().matmul(dense[turn()].clone()));
                 line += &format!(" f32 matmul {f32_ms:.2} ms,");
             }
             None => line += " (f32 weight exceeds one binding),",
         }
         for (format, w) in formats.iter().zip(&uploaded) {
-            let ms = time(&device, || quant_matmul(x.clone(), w));
+            let ms = time(&device, || quant_matmul(x.clone(), &w[turn()]));
+            let w = &w[0];
             line += &format!(" {} {ms:.2} ms", format.name());
             if rows <= GEMV_MAX_ROWS {
                 let bytes = w.device_bytes() + 4 * rows * (k_in + n_out);
