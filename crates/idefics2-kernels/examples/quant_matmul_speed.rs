@@ -65,8 +65,8 @@ fn main() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(1)
         .max(1);
-    let dense: Option<Vec<Tensor<2>>> = (4 * (n_out * k_in) as u64 <= caps.max_binding_bytes)
-        .then(|| {
+    let dense: Option<Vec<Tensor<2>>> =
+        (4 * (n_out * k_in) as u64 <= caps.max_binding_bytes).then(|| {
             (0..copies)
                 .map(|_| {
                     Tensor::<2>::from_data(
