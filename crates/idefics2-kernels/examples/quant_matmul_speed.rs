@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use idefics2_kernels::{
-    GEMV_MAX_ROWS, QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quantize, upload,
+    BlockedFloatWeight, GEMV_MAX_ROWS, QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quantize, upload,
 };
 
 fn main() {
@@ -77,6 +77,21 @@ fn main() {
                 })
                 .collect()
         });
+    // Our float GEMV (the kernel CPU adapters run for f32 weights), from row blocks that each fit
+    // a binding, as the loader keeps them.
+    let rows_per_block = ((caps.max_binding_bytes / (4 * k_in as u64)) as usize).max(1);
+    let blocked: Vec<BlockedFloatWeight> = (0..copies)
+        .map(|_| {
+            let blocks: Vec<Tensor<2>> = weight
+                .chunks(rows_per_block * k_in)
+                .map(|part| {
+                    let data = burn::tensor::TensorData::new(part.to_vec(), [part.len() / k_in, k_in]);
+                    Tensor::from_data(data, &device)
+                })
+                .collect();
+            BlockedFloatWeight::from_rows(&blocks, caps.max_binding_bytes)
+        })
+        .collect();
     // `SPEED_GROUP=128`: groups of 128 values (AWQ checkpoints) instead of 32.
     let group = std::env::var("SPEED_GROUP")
         .ok()
@@ -109,9 +124,23 @@ fn main() {
         match &dense {
             Some(dense) => {
                 let f32_ms = time(&device, || x.clone().matmul(dense[turn()].clone()));
-                line += &format!(" f32 matmul {f32_ms:.2} ms,");
+                line += &format!(" f32 matmul {f32_ms:.2} ms");
+                if rows > GEMV_MAX_ROWS {
+                    let gflops = 2.0 * (rows * k_in * n_out) as f64 / (f32_ms * 1e-3) / 1e9;
+                    line += &format!(" ({gflops:.1} GFLOP/s)");
+                }
+                line += ",";
             }
             None => line += " (f32 weight exceeds one binding),",
+        }
+        let ms = time(&device, || blocked[turn()].matmul(x.clone()));
+        line += &format!(" f32 GEMV kernel {ms:.2} ms");
+        if rows <= GEMV_MAX_ROWS {
+            let bytes = blocked[0].device_bytes() + 4 * rows * (k_in + n_out);
+            line += &format!(" ({:.2} GB/s),", gb(bytes, ms));
+        } else {
+            let gflops = 2.0 * (rows * k_in * n_out) as f64 / (ms * 1e-3) / 1e9;
+            line += &format!(" ({gflops:.1} GFLOP/s),");
         }
         for (format, w) in formats.iter().zip(&uploaded) {
             let ms = time(&device, || quant_matmul(x.clone(), &w[turn()]));

@@ -23,6 +23,7 @@ pub mod cpu_q4_i16;
 pub mod cpu_quant_matmul;
 mod error;
 pub mod figures;
+mod float_gemv;
 mod forced;
 mod format;
 mod info_words;
@@ -39,6 +40,7 @@ pub use attention::{
 pub use caps::{WgpuCaps, force_plain_loads};
 pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
+pub use float_gemv::{BlockedFloatWeight, FloatGemvBackend, force_float_gemv, uses_float_gemv};
 pub use format::QuantFormat;
 pub use quant_matmul::{
     GEMV_MAX_ROWS, QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits,

@@ -5,11 +5,11 @@
 mod common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::{Rng, relative_error};
+use common::{Rng, matmul_f64, relative_error};
 use idefics2_kernels::{
-    QuantFormat, WgpuCaps, copy_kernel, force_f32_scales, force_gemv_quads_per_thread,
-    force_gemv_splits, force_plain_loads, force_tiled_gemm, quant_matmul, quant_matmul_kernel,
-    quant_matmul_reference, quantize, upload, uses_kernels,
+    BlockedFloatWeight, QuantFormat, WgpuCaps, copy_kernel, force_f32_scales,
+    force_gemv_quads_per_thread, force_gemv_splits, force_plain_loads, force_tiled_gemm,
+    quant_matmul, quant_matmul_kernel, quant_matmul_reference, quantize, upload, uses_kernels,
 };
 
 const FORMATS: [QuantFormat; 3] = [
@@ -81,6 +81,78 @@ fn quant_matmul_kernels_match_the_reference() {
     force_gemv_quads_per_thread(None);
     routed_calls_match(&gpu, &cpu, &mut rng);
     copy_copies(&gpu, &mut rng);
+
+    float_gemv_matches(&gpu, &mut rng);
+    if caps.cpu_subgroup_size.is_some() {
+        force_plain_loads(true);
+        float_gemv_matches(&gpu, &mut rng);
+        force_plain_loads(false);
+    }
+}
+
+/// The float GEMV against an f64 product on odd shapes: K not a multiple of 4 or of a chunk, N
+/// not a multiple of 128, rows in blocks of 8; the weight given in two row blocks and cut into
+/// parts of 128 rows by a small binding limit; an f16 input.
+fn float_gemv_matches(gpu: &Device, rng: &mut Rng) {
+    let mut worst = 0.0f64;
+    for (k, n, parts_of_128) in [
+        (72, 5, false),
+        (45, 130, false),
+        (300, 257, false),
+        (37, 300, true),
+        (1152, 129, false),
+    ] {
+        let weight = rng.values(n * k, 0.05);
+        let split = n / 3; // two row blocks, as the loader keeps a weight beyond one binding
+        let blocks: Vec<Tensor<2>> = [(0, split), (split, n)]
+            .into_iter()
+            .filter(|(a, b)| b > a)
+            .map(|(a, b)| {
+                Tensor::from_data(
+                    TensorData::new(weight[a * k..b * k].to_vec(), [b - a, k]),
+                    gpu,
+                )
+            })
+            .collect();
+        let max_binding = if parts_of_128 {
+            4 * k as u64 * 200
+        } else {
+            u64::MAX
+        };
+        let w = BlockedFloatWeight::from_rows(&blocks, max_binding);
+        assert_eq!((w.n_out, w.k_in), (n, k));
+        if parts_of_128 {
+            assert!(
+                w.parts.iter().all(|(_, rows)| *rows <= 128),
+                "parts of 128 rows"
+            );
+        }
+        for m in [1, 3, 8, 17, 77] {
+            let x = rng.values(m * k, 1.0);
+            let got = to_vec(w.matmul(Tensor::from_data(TensorData::new(x.clone(), [m, k]), gpu)));
+            let err = relative_error(&got, &matmul_f64(&x, &weight, m, k, n));
+            assert!(
+                err < 1e-5,
+                "float GEMV m {m} k {k} n {n}: relative error {err:e}"
+            );
+            worst = worst.max(err);
+        }
+        if gpu.supports_dtype(DType::F16) {
+            let x = rng.values(2 * k, 1.0);
+            let x16 = Tensor::<2>::from_data(TensorData::new(x.clone(), [2, k]), (gpu, DType::F16));
+            let got = w.matmul(x16);
+            assert_eq!(got.dtype(), DType::F16);
+            let err = relative_error(
+                &to_vec(got.cast(DType::F32)),
+                &matmul_f64(&x, &weight, 2, k, n),
+            );
+            assert!(
+                err < 2e-3,
+                "float GEMV f16 input k {k} n {n}: relative error {err:e}"
+            );
+        }
+    }
+    println!("float GEMV: worst relative error {worst:e}");
 }
 
 /// Every format, K and N of the tables above, for `rows` activation rows.

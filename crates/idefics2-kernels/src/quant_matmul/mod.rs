@@ -2,7 +2,7 @@
 //! elsewhere.
 
 mod backend;
-mod source;
+pub(crate) mod source;
 
 pub use backend::{
     QuantMatmulBackend, force_gemv_quads_per_thread, force_gemv_splits, force_tiled_gemm,

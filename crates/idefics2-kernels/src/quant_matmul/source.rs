@@ -42,19 +42,7 @@ pub(crate) struct QuantGemm {
 
 impl KernelSource for QuantGemv {
     fn source(&self) -> SourceTemplate {
-        let (x_binding, x_quad_body) = if self.x_vec4 {
-            (
-                "@group(0) @binding(0) var<storage, read_write> x: array<vec4<f32>>;\n\
-                 fn x_scalar(i: u32) -> f32 { return x[i / 4u][i % 4u]; }",
-                "return x[at / 4u];",
-            )
-        } else {
-            (
-                "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
-                 fn x_scalar(i: u32) -> f32 { return x[i]; }",
-                "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
-            )
-        };
+        let (x_binding, x_quad_body) = x_declarations(self.x_vec4);
         let code = GemvCode::new(
             self.format,
             self.rows,
@@ -66,7 +54,7 @@ impl KernelSource for QuantGemv {
             .register("block_quads", (BLOCK_COLS / GEMV_COLS).to_string())
             .register("quads_per_thread", self.quads_per_thread.to_string())
             .register("rows", self.rows.to_string())
-            .register("row_indices", code.row_indices())
+            .register("row_indices", row_indices(self.rows))
             .register("quads", code.quad_indices())
             .register("x_binding", x_binding)
             .register("x_quad_body", x_quad_body)
@@ -76,7 +64,7 @@ impl KernelSource for QuantGemv {
             .register("word_body_tail", code.word_body(XSource::Guarded))
             .register("lane_builtin", lane_builtin(self.subgroup_x.is_some()))
             .register("group_end", code.group_end())
-            .register("store", code.store());
+            .register("store", store(self.rows, self.quads_per_thread));
         register_format(template, self.format, self.scale_f16, true)
     }
 
@@ -122,7 +110,7 @@ enum XSource {
     Broadcast { first_lane: usize },
 }
 
-const LANES: [&str; 4] = ["x", "y", "z", "w"];
+pub(crate) const LANES: [&str; 4] = ["x", "y", "z", "w"];
 
 impl GemvCode {
     fn new(format: QuantFormat, rows: usize, quads: usize, subgroup_x: Option<usize>) -> Self {
@@ -174,15 +162,6 @@ impl GemvCode {
             ));
         }
         out.join("\n")
-    }
-
-    /// The block's rows: `row{r}`, clamped to the last row of x for loads (rows past `m` store
-    /// nothing).
-    fn row_indices(&self) -> String {
-        (0..self.rows)
-            .map(|r| format!("    let row{r} = min(block_row + {r}u, params.m - 1u);"))
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// One line per (row, quad).
@@ -328,25 +307,55 @@ impl GemvCode {
         }));
         out.join("\n")
     }
+}
 
-    fn store(&self) -> String {
-        let mut out = Vec::new();
-        for u in 0..self.quads {
-            out.push(format!("    if (qd{u} < quads) {{"));
-            out.push(format!("        let n0 = 4u * qd{u};"));
-            for r in 0..self.rows {
-                out.push(format!("        if (block_row + {r}u < params.m) {{"));
-                for (c, lane) in LANES.iter().enumerate() {
-                    out.push(format!(
-                        "            if (n0 + {c}u < n_out) {{ out[base + row{r} * n_out + n0 + {c}u] = acc{r}_{u}.{lane}; }}"
-                    ));
-                }
-                out.push("        }".into());
-            }
-            out.push("    }".into());
-        }
-        out.join("\n")
+/// The declaration of x and the body of `x_quad` (`at`: the index of the quad's first value): x
+/// read as vec4s when `k_in` is a multiple of 4 (`x_vec4`), else as floats; `x_scalar(i)` reads
+/// one value either way.
+pub(crate) fn x_declarations(x_vec4: bool) -> (&'static str, &'static str) {
+    if x_vec4 {
+        (
+            "@group(0) @binding(0) var<storage, read_write> x: array<vec4<f32>>;\n\
+             fn x_scalar(i: u32) -> f32 { return x[i / 4u][i % 4u]; }",
+            "return x[at / 4u];",
+        )
+    } else {
+        (
+            "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
+             fn x_scalar(i: u32) -> f32 { return x[i]; }",
+            "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
+        )
     }
+}
+
+/// A GEMV block's rows: `row{r}`, clamped to the last row of x for loads (rows past `m` store
+/// nothing).
+pub(crate) fn row_indices(rows: usize) -> String {
+    (0..rows)
+        .map(|r| format!("    let row{r} = min(block_row + {r}u, params.m - 1u);"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A GEMV thread's stores: `acc{r}_{u}` (4 columns of quad `u`, row `r`) to `out[base + row
+/// n_out + column]`, for the quads, rows and columns that exist.
+pub(crate) fn store(rows: usize, quads: usize) -> String {
+    let mut out = Vec::new();
+    for u in 0..quads {
+        out.push(format!("    if (qd{u} < quads) {{"));
+        out.push(format!("        let n0 = 4u * qd{u};"));
+        for r in 0..rows {
+            out.push(format!("        if (block_row + {r}u < params.m) {{"));
+            for (c, lane) in LANES.iter().enumerate() {
+                out.push(format!(
+                    "            if (n0 + {c}u < n_out) {{ out[base + row{r} * n_out + n0 + {c}u] = acc{r}_{u}.{lane}; }}"
+                ));
+            }
+            out.push("        }".into());
+        }
+        out.push("    }".into());
+    }
+    out.join("\n")
 }
 
 impl KernelSource for QuantGemm {

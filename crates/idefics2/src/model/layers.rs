@@ -5,7 +5,7 @@ use super::row_chunks::RowChunks;
 use burn::tensor::activation::{gelu, gelu_approximate, silu};
 use burn::tensor::{DType, Tensor};
 
-use idefics2_kernels::quant_matmul;
+use idefics2_kernels::{BlockedFloatWeight, WgpuCaps, quant_matmul, uses_float_gemv};
 
 use crate::config::Activation;
 use crate::profile;
@@ -20,6 +20,8 @@ pub enum LinearWeight {
     Float(Tensor<2>),
     /// A float weight larger than one storage binding, in row blocks.
     Chunked(RowChunks),
+    /// An f32 weight on a CPU adapter (lavapipe), in the layout of the float GEMV kernel.
+    Blocked(BlockedFloatWeight),
     Quantized(QuantizedWeight),
 }
 
@@ -78,8 +80,19 @@ impl Linear {
         }
     }
 
-    /// A float weight: one tensor when it fits a binding, else its row blocks.
+    /// A float weight: on CPU adapters in f32 the float GEMV's layout, elsewhere one tensor when
+    /// it fits a binding, else its row blocks.
     pub fn float_weight(rows: RowChunks) -> LinearWeight {
+        if let Some(first) = rows.chunks.first() {
+            let device = first.device();
+            if first.dtype() == DType::F32 && uses_float_gemv(&device) {
+                let max_binding = WgpuCaps::of(&device).map_or(u64::MAX, |c| c.max_binding_bytes);
+                return LinearWeight::Blocked(BlockedFloatWeight::from_rows(
+                    &rows.chunks,
+                    max_binding,
+                ));
+            }
+        }
         match rows.as_single() {
             Some(one) => LinearWeight::Float(one.clone()),
             None => LinearWeight::Chunked(rows),
@@ -88,7 +101,7 @@ impl Linear {
 
     pub fn float(weight: Tensor<2>, bias: Option<Tensor<1>>, kind: &'static str) -> Self {
         Self {
-            weight: LinearWeight::Float(weight),
+            weight: Self::float_weight(RowChunks::single(weight)),
             bias,
             kind,
         }
@@ -106,6 +119,7 @@ impl Linear {
             LinearWeight::Chunked(rows) => {
                 rows.matmul_transposed(x.reshape([batch * seq, in_features]))
             }
+            LinearWeight::Blocked(weight) => weight.matmul(x.reshape([batch * seq, in_features])),
             LinearWeight::Quantized(weight) => {
                 quant_matmul(x.reshape([batch * seq, in_features]), weight)
             }
