@@ -1,5 +1,5 @@
 // Float GEMV for CPU adapters (lavapipe): out[r, n] = sum_k x[r, k] * w[n, k] for a block of up
-// to 8 activation rows per grid z, with an f32 weight. It is the quantized GEMV
+// to 64 activation rows per grid z, with an f32 weight. It is the quantized GEMV
 // (quant_gemv.wgsl) with the codes replaced by the floats themselves: on CPU adapters, where
 // barriers are costly and every storage load is a loop over the SIMD lanes, burn's tiled matmul
 // gets a few GFLOP/s, and this register-blocked kernel over blocks of rows does better for the

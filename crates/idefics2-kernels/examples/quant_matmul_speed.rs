@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use idefics2_kernels::{
-    BlockedFloatWeight, GEMV_MAX_ROWS, QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quantize, upload,
+    BlockedFloatWeight, GEMV_MAX_ROWS, QuantFormat, WgpuCaps, copy_kernel, quant_matmul, quantize,
+    upload,
 };
 
 fn main() {
@@ -24,6 +25,12 @@ fn main() {
         .and_then(|q| q.parse().ok())
     {
         idefics2_kernels::force_gemv_quads_per_thread(Some(quads));
+    }
+    if let Some((rows, quads)) = std::env::var("IDEFICS2_FLOAT_GEMV").ok().and_then(|v| {
+        let (r, q) = v.split_once(',')?;
+        Some((r.parse().ok()?, q.parse().ok()?))
+    }) {
+        idefics2_kernels::force_float_gemv_shape(Some((rows, quads)));
     }
     if std::env::var("IDEFICS2_TILED_GEMM").is_ok_and(|v| v == "1") {
         idefics2_kernels::force_tiled_gemm(true);
@@ -85,7 +92,8 @@ fn main() {
             let blocks: Vec<Tensor<2>> = weight
                 .chunks(rows_per_block * k_in)
                 .map(|part| {
-                    let data = burn::tensor::TensorData::new(part.to_vec(), [part.len() / k_in, k_in]);
+                    let data =
+                        burn::tensor::TensorData::new(part.to_vec(), [part.len() / k_in, k_in]);
                     Tensor::from_data(data, &device)
                 })
                 .collect();
@@ -121,7 +129,10 @@ fn main() {
     for rows in rows_list {
         let x = Tensor::<2>::random([rows, k_in], Distribution::Uniform(-1.0, 1.0), &device);
         let mut line = format!("[{rows} x {k_in}] x [{k_in} x {n_out}]:");
+        // `SPEED_FLOAT_ONLY=1`: our float GEMV alone (comparing its shapes per thread).
+        let float_only = std::env::var("SPEED_FLOAT_ONLY").is_ok_and(|v| v == "1");
         match &dense {
+            _ if float_only => {}
             Some(dense) => {
                 let f32_ms = time(&device, || x.clone().matmul(dense[turn()].clone()));
                 line += &format!(" f32 matmul {f32_ms:.2} ms");
@@ -143,6 +154,9 @@ fn main() {
             line += &format!(" ({gflops:.1} GFLOP/s),");
         }
         for (format, w) in formats.iter().zip(&uploaded) {
+            if float_only {
+                break;
+            }
             let ms = time(&device, || quant_matmul(x.clone(), &w[turn()]));
             let w = &w[0];
             line += &format!(" {} {ms:.2} ms", format.name());

@@ -91,7 +91,7 @@ fn quant_matmul_kernels_match_the_reference() {
 }
 
 /// The float GEMV against an f64 product on odd shapes: K not a multiple of 4 or of a chunk, N
-/// not a multiple of 128, rows in blocks of 8; the weight given in two row blocks and cut into
+/// not a multiple of 128, rows in blocks of 1 to 64; the weight given in two row blocks and cut into
 /// parts of 128 rows by a small binding limit; an f16 input.
 fn float_gemv_matches(gpu: &Device, rng: &mut Rng) {
     let mut worst = 0.0f64;

@@ -8,10 +8,10 @@ use burn::cubecl::prelude::{CubeCount, CubeDim};
 use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::tensor::{DType, Shape};
 
-use super::source::{FloatGemv, QUADS_PER_THREAD, WORKGROUP};
+use super::source::{FloatGemv, WORKGROUP};
 use crate::caps::cpu_subgroup_size;
+use crate::forced::Forced;
 use crate::info_words::pack_words;
-use crate::quant_matmul::GEMV_MAX_ROWS;
 use crate::weight::{BLOCK_COLS, padded_n_out};
 
 /// Largest workgroup count along one grid dimension (WebGPU's default limit).
@@ -55,8 +55,11 @@ impl FloatGemvBackend for CubeBackend {
         if m == 0 {
             return out; // no rows: nothing to launch
         }
-        let rows = m.min(GEMV_MAX_ROWS);
-        let grid_x = n_pad.div_ceil(WORKGROUP * 4 * QUADS_PER_THREAD);
+        let (rows, quads) = match FORCED_SHAPE.get() {
+            Some(shape) => (m.min(shape / 100), shape % 100),
+            None => thread_shape(m),
+        };
+        let grid_x = n_pad.div_ceil(WORKGROUP * 4 * quads);
         let row_blocks = m.div_ceil(rows);
         assert!(
             grid_x <= MAX_GRID_DIM && row_blocks <= MAX_GRID_DIM,
@@ -67,6 +70,7 @@ impl FloatGemvBackend for CubeBackend {
             .filter(|lanes| WORKGROUP.is_multiple_of(*lanes));
         let kernel = FloatGemv {
             rows,
+            quads,
             x_vec4: k_in.is_multiple_of(4),
             subgroup_x: lanes,
         };
@@ -85,5 +89,47 @@ impl FloatGemvBackend for CubeBackend {
             arguments,
         );
         out
+    }
+}
+
+/// The rows and column quads one thread holds for `m` rows of x. Each weight load serves every
+/// row of the block, and llvmpipe's loads cost far more than its multiply-adds, so large blocks
+/// win: [256, 1152] x [1152, 4304]^T on lavapipe took 884 ms with 8 rows of 4 quads, 461 with 16
+/// of 2, 312 with 32 of 2, 239 with 64 of 2 (burn's matmul 1420); 128 rows took longer to compile
+/// (over a minute) and ran no faster. Blocks of more than 8 rows come in three sizes (fewer
+/// kernels to compile). One row (decoding) runs fastest with one quad (19.0 ms against 20.5 with
+/// 2 and 24.5 with 4 on [1, 1152] x [1152, 4304]^T).
+fn thread_shape(m: usize) -> (usize, usize) {
+    match m {
+        0..=1 => (1, 1),
+        2..=8 => (m, 2),
+        _ => (m.next_power_of_two().min(MAX_ROWS), 2),
+    }
+}
+
+/// The largest block of rows one thread holds.
+const MAX_ROWS: usize = 64;
+
+/// Rows and quads per thread forced (`100 rows + quads`), for measurements.
+static FORCED_SHAPE: Forced = Forced::new();
+
+/// Forces the rows and column quads each float GEMV thread holds, or back to the defaults with
+/// `None` (for measurements: `quant_matmul_speed` reads `IDEFICS2_FLOAT_GEMV=rows,quads`).
+#[doc(hidden)]
+pub fn force_float_gemv_shape(shape: Option<(usize, usize)>) {
+    FORCED_SHAPE.set(shape.map(|(rows, quads)| 100 * rows + quads));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_of_rows_come_in_few_sizes() {
+        assert_eq!(thread_shape(1), (1, 1));
+        assert_eq!(thread_shape(5), (5, 2));
+        assert_eq!(thread_shape(9), (16, 2));
+        assert_eq!(thread_shape(33), (64, 2));
+        assert_eq!(thread_shape(1000), (64, 2));
     }
 }

@@ -1,11 +1,11 @@
-//! `x @ W^T` with an f32 `W` on CPU adapters (lavapipe): the float GEMV over blocks of up to 8
+//! `x @ W^T` with an f32 `W` on CPU adapters (lavapipe): the float GEMV over blocks of up to 64
 //! rows, `W` kept transposed in column blocks (see `shaders/float_gemv.wgsl`). GPUs keep burn's
 //! matmul, which suits them.
 
 mod backend;
 pub(crate) mod source;
 
-pub use backend::FloatGemvBackend;
+pub use backend::{FloatGemvBackend, force_float_gemv_shape};
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::{DType, Device, Tensor};

@@ -9,12 +9,12 @@ use crate::weight::BLOCK_COLS;
 
 /// Threads of one workgroup.
 pub(crate) const WORKGROUP: usize = 64;
-/// Column quads (of 4 columns) one thread computes: each x value it holds serves 16 columns.
-pub(crate) const QUADS_PER_THREAD: usize = 4;
 
-/// The float GEMV for `rows` activation rows per block (1..=8).
+/// The float GEMV for `rows` activation rows per block (1 to 64).
 pub(crate) struct FloatGemv {
     pub rows: usize,
+    /// Column quads (of 4 columns) one thread computes.
+    pub quads: usize,
     /// x read as vec4s (`k_in` a multiple of 4).
     pub x_vec4: bool,
     /// The subgroup size S over which x is shared, in chunks of 4 S values (CPU adapters with
@@ -30,15 +30,16 @@ impl FloatGemv {
 
     /// One line per (row, quad).
     fn lines(&self, indent: &str, line: impl Fn(usize, usize) -> String) -> String {
+        let quads = self.quads;
         (0..self.rows)
-            .flat_map(|r| (0..QUADS_PER_THREAD).map(move |u| (r, u)))
+            .flat_map(|r| (0..quads).map(move |u| (r, u)))
             .map(|(r, u)| format!("{indent}{}", line(r, u)))
             .collect::<Vec<_>>()
             .join("\n")
     }
 
     fn quad_indices(&self) -> String {
-        (0..QUADS_PER_THREAD)
+        (0..self.quads)
             .map(|u| {
                 format!(
                     "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);\n    \
@@ -62,13 +63,13 @@ impl FloatGemv {
             } else {
                 k
             };
-            for u in 0..QUADS_PER_THREAD {
+            for u in 0..self.quads {
                 out.push(format!(
                     "{indent}let w{u}_{i} = w[wb{u} + ({k}) * BLOCK_QUADS];"
                 ));
             }
             for r in 0..self.rows {
-                for u in 0..QUADS_PER_THREAD {
+                for u in 0..self.quads {
                     out.push(format!("{indent}acc{r}_{u} += {x}{r}.{lane} * w{u}_{i};"));
                 }
             }
@@ -118,7 +119,7 @@ impl KernelSource for FloatGemv {
         let (x_binding, x_quad_body) = x_declarations(self.x_vec4);
         SourceTemplate::new(include_str!("../../../../shaders/float_gemv.wgsl"))
             .register("workgroup_size", WORKGROUP.to_string())
-            .register("quads_per_thread", QUADS_PER_THREAD.to_string())
+            .register("quads_per_thread", self.quads.to_string())
             .register("block_quads", (BLOCK_COLS / 4).to_string())
             .register("chunk", self.chunk().to_string())
             .register("rows", self.rows.to_string())
@@ -133,11 +134,11 @@ impl KernelSource for FloatGemv {
             )
             .register("chunk_body", self.chunk_body())
             .register("tail_body", self.tail_body())
-            .register("store", store(self.rows, QUADS_PER_THREAD))
+            .register("store", store(self.rows, self.quads))
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.rows, self.x_vec4, self.subgroup_x))
+        KernelId::new::<Self>().info((self.rows, self.quads, self.x_vec4, self.subgroup_x))
     }
 
     fn lang(&self) -> &'static str {
@@ -155,6 +156,7 @@ mod tests {
         for (rows, x_vec4, subgroup_x) in [(3, true, Some(8)), (8, false, None)] {
             let source = FloatGemv {
                 rows,
+                quads: 4,
                 x_vec4,
                 subgroup_x,
             }
