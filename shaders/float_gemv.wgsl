@@ -25,7 +25,7 @@
 // Without subgroups a chunk is one quad, loaded by every lane.
 //
 // Template parameters: workgroup_size, quads_per_thread (QPT), rows (per block), chunk (k values
-// per trip of the main loop), x_binding and x_quad_body, lane_builtin, and the code generated for
+// per trip of the main loop), x_functions (gemv_x.wgsl), lane_builtin, and the code generated for
 // the rows and quads: row_indices, quads, init, chunk_body, tail_body, store.
 
 struct Params {
@@ -40,32 +40,11 @@ const QPT: u32 = {{quads_per_thread}}u;
 const BLOCK_QUADS: u32 = {{block_quads}}u;
 const CHUNK: u32 = {{chunk}}u;
 
-{{x_binding}}
 @group(0) @binding(1) var<storage, read_write> w: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> params: Params;
 
-// x[r, k..k + 4] for k a multiple of 4 inside the row.
-fn x_quad(r: u32, k: u32) -> vec4<f32> {
-    let at = r * params.k_in + k;
-    {{x_quad_body}}
-}
-
-// x[r, k..k + 4] with zeros past k_in (and no read past the end of x).
-fn x_quad_guarded(r: u32, k: u32) -> vec4<f32> {
-    let k_in = params.k_in;
-    if (k + 4u <= k_in) {
-        return x_quad(r, k);
-    }
-    let last = params.m * k_in - 1u;
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if (k + i < k_in) {
-            v[i] = x_scalar(min(r * k_in + k + i, last));
-        }
-    }
-    return v;
-}
+{{x_functions}}
 
 @compute @workgroup_size({{workgroup_size}}, 1, 1)
 fn main(

@@ -19,7 +19,7 @@
 // Template parameters: scale_binding, zero_point_binding and load_scales (the declarations of scales
 // and zero points, and load_scales(i) / load_zeros(i) -> vec4<f32> for 4 columns), workgroup_size,
 // block_quads (column quads per block of the words and scales), bits, group_words
-// (words per group), quads_per_thread (QPT), x_binding and x_quad_body (x read as vec4s when k_in
+// (words per group), quads_per_thread (QPT), x_functions (gemv_x.wgsl: x read as vec4s when k_in
 // is a multiple of 4, else as floats), zero_point_binding (the zeros declaration or nothing), and
 // the code generated for the numbers of rows and quads: rows (per thread), row_indices (the
 // block's rows, clamped for loads), quads (the thread's quad indices), init
@@ -70,7 +70,6 @@ const GROUP_WORDS: u32 = {{group_words}}u;
 const QPT: u32 = {{quads_per_thread}}u;
 const BLOCK_QUADS: u32 = {{block_quads}}u;
 
-{{x_binding}}
 @group(0) @binding(1) var<storage, read_write> words: array<vec4<u32>>;
 {{scale_binding}}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
@@ -97,27 +96,7 @@ fn codes_high(w: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(w >> vec4<u32>(32u - BITS)));
 }
 
-// x[r, k..k + 4] for k a multiple of 4 inside the row (r: the row of x, not of the block).
-fn x_quad(r: u32, k: u32) -> vec4<f32> {
-    let at = r * params.k_in + k;
-    {{x_quad_body}}
-}
-
-// x[r, k..k + 4] with zeros past k_in (and no read past the end of x).
-fn x_quad_guarded(r: u32, k: u32) -> vec4<f32> {
-    let k_in = params.k_in;
-    if (k + 4u <= k_in) {
-        return x_quad(r, k);
-    }
-    let last = params.m * k_in - 1u;
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if (k + i < k_in) {
-            v[i] = x_scalar(min(r * k_in + k + i, last));
-        }
-    }
-    return v;
-}
+{{x_functions}}
 
 @compute @workgroup_size({{workgroup_size}}, 1, 1)
 fn main(

@@ -4,7 +4,9 @@ use burn::backend::wgpu::{KernelSource, SourceTemplate};
 use burn::cubecl::prelude::KernelId;
 
 use crate::caps::lane_builtin;
-use crate::quant_matmul::source::{LANES, row_indices, store, x_declarations};
+use crate::quant_matmul::source::{
+    LANES, quad_indices, row_indices, row_quad_lines, store, x_functions,
+};
 use crate::weight::BLOCK_COLS;
 
 /// Threads of one workgroup.
@@ -26,28 +28,6 @@ impl FloatGemv {
     /// K values per trip of the main loop.
     fn chunk(&self) -> usize {
         4 * self.subgroup_x.unwrap_or(1)
-    }
-
-    /// One line per (row, quad).
-    fn lines(&self, indent: &str, line: impl Fn(usize, usize) -> String) -> String {
-        let quads = self.quads;
-        (0..self.rows)
-            .flat_map(|r| (0..quads).map(move |u| (r, u)))
-            .map(|(r, u)| format!("{indent}{}", line(r, u)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn quad_indices(&self) -> String {
-        (0..self.quads)
-            .map(|u| {
-                format!(
-                    "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);\n    \
-                     let wb{u} = (q{u} / BLOCK_QUADS) * k_in * BLOCK_QUADS + q{u} % BLOCK_QUADS;"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// The products of one quad of x per row (`{x}{r}`, values k0 + 4 j .. k0 + 4 j + 4) with the
@@ -116,21 +96,21 @@ impl FloatGemv {
 
 impl KernelSource for FloatGemv {
     fn source(&self) -> SourceTemplate {
-        let (x_binding, x_quad_body) = x_declarations(self.x_vec4);
         SourceTemplate::new(include_str!("../../../../shaders/float_gemv.wgsl"))
             .register("workgroup_size", WORKGROUP.to_string())
             .register("quads_per_thread", self.quads.to_string())
             .register("block_quads", (BLOCK_COLS / 4).to_string())
             .register("chunk", self.chunk().to_string())
             .register("rows", self.rows.to_string())
-            .register("x_binding", x_binding)
-            .register("x_quad_body", x_quad_body)
+            .register("x_functions", x_functions(self.x_vec4))
             .register("lane_builtin", lane_builtin(self.subgroup_x.is_some()))
             .register("row_indices", row_indices(self.rows))
-            .register("quads", self.quad_indices())
+            .register("quads", quad_indices(self.quads, &[("wb", "k_in")]))
             .register(
                 "init",
-                self.lines("    ", |r, u| format!("var acc{r}_{u} = vec4<f32>(0.0);")),
+                row_quad_lines(self.rows, self.quads, "    ", |r, u| {
+                    format!("var acc{r}_{u} = vec4<f32>(0.0);")
+                }),
             )
             .register("chunk_body", self.chunk_body())
             .register("tail_body", self.tail_body())

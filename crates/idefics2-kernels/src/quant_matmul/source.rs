@@ -42,7 +42,6 @@ pub(crate) struct QuantGemm {
 
 impl KernelSource for QuantGemv {
     fn source(&self) -> SourceTemplate {
-        let (x_binding, x_quad_body) = x_declarations(self.x_vec4);
         let code = GemvCode::new(
             self.format,
             self.rows,
@@ -55,9 +54,17 @@ impl KernelSource for QuantGemv {
             .register("quads_per_thread", self.quads_per_thread.to_string())
             .register("rows", self.rows.to_string())
             .register("row_indices", row_indices(self.rows))
-            .register("quads", code.quad_indices())
-            .register("x_binding", x_binding)
-            .register("x_quad_body", x_quad_body)
+            .register(
+                "quads",
+                quad_indices(
+                    self.quads_per_thread,
+                    &[
+                        ("wb", "params.words_per_row"),
+                        ("sb", "params.groups_per_row"),
+                    ],
+                ),
+            )
+            .register("x_functions", x_functions(self.x_vec4))
             .register("init", code.init())
             .register("group_init", code.group_init())
             .register("full_group_words", code.full_group_words())
@@ -166,27 +173,7 @@ impl GemvCode {
 
     /// One line per (row, quad).
     fn lines(&self, indent: &str, line: impl Fn(usize, usize) -> String) -> String {
-        (0..self.rows)
-            .flat_map(|r| (0..self.quads).map(move |u| (r, u)))
-            .map(|(r, u)| format!("{indent}{}", line(r, u)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The thread's quads: `qd{u}` (may lie past the last quad: nothing is stored then) and
-    /// `q{u}` (clamped, for loads), with where the quad's words and scales start in the column
-    /// blocks (`wb{u}`, `sb{u}`, in vec4 units; the next word or group is `BLOCK_QUADS` on).
-    fn quad_indices(&self) -> String {
-        (0..self.quads)
-            .map(|u| {
-                format!(
-                    "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);\n    \
-                     let wb{u} = (q{u} / BLOCK_QUADS) * params.words_per_row * BLOCK_QUADS + q{u} % BLOCK_QUADS;\n    \
-                     let sb{u} = (q{u} / BLOCK_QUADS) * params.groups_per_row * BLOCK_QUADS + q{u} % BLOCK_QUADS;"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        row_quad_lines(self.rows, self.quads, indent, line)
     }
 
     fn init(&self) -> String {
@@ -309,11 +296,10 @@ impl GemvCode {
     }
 }
 
-/// The declaration of x and the body of `x_quad` (`at`: the index of the quad's first value): x
-/// read as vec4s when `k_in` is a multiple of 4 (`x_vec4`), else as floats; `x_scalar(i)` reads
-/// one value either way.
-pub(crate) fn x_declarations(x_vec4: bool) -> (&'static str, &'static str) {
-    if x_vec4 {
+/// The GEMVs' x: its binding and `x_quad` / `x_quad_guarded` / `x_scalar` (`shaders/gemv_x.wgsl`),
+/// read as vec4s when `k_in` is a multiple of 4 (`x_vec4`), else as floats.
+pub(crate) fn x_functions(x_vec4: bool) -> String {
+    let (binding, body) = if x_vec4 {
         (
             "@group(0) @binding(0) var<storage, read_write> x: array<vec4<f32>>;\n\
              fn x_scalar(i: u32) -> f32 { return x[i / 4u][i % 4u]; }",
@@ -325,7 +311,44 @@ pub(crate) fn x_declarations(x_vec4: bool) -> (&'static str, &'static str) {
              fn x_scalar(i: u32) -> f32 { return x[i]; }",
             "return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);",
         )
-    }
+    };
+    include_str!("../../../../shaders/gemv_x.wgsl")
+        .replace("{{x_binding}}", binding)
+        .replace("{{x_quad_body}}", body)
+}
+
+/// Lines `line(r, u)` for every row `r` and column quad `u` of a GEMV thread, indented.
+pub(crate) fn row_quad_lines(
+    rows: usize,
+    quads: usize,
+    indent: &str,
+    line: impl Fn(usize, usize) -> String,
+) -> String {
+    (0..rows)
+        .flat_map(|r| (0..quads).map(move |u| (r, u)))
+        .map(|(r, u)| format!("{indent}{}", line(r, u)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A GEMV thread's quads: `qd{u}` (may lie past the last quad: nothing is stored then), `q{u}`
+/// (clamped, for loads) and where the quad starts in each column-blocked array, in vec4 units:
+/// `{name}{u}` for every `(name, rows per block)` of `arrays` (the next row is `BLOCK_QUADS` on).
+pub(crate) fn quad_indices(quads: usize, arrays: &[(&str, &str)]) -> String {
+    (0..quads)
+        .map(|u| {
+            let mut out = format!(
+                "    let qd{u} = thread * QPT + {u}u;\n    let q{u} = min(qd{u}, quads - 1u);"
+            );
+            for (name, rows) in arrays {
+                out += &format!(
+                    "\n    let {name}{u} = (q{u} / BLOCK_QUADS) * {rows} * BLOCK_QUADS + q{u} % BLOCK_QUADS;"
+                );
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A GEMV block's rows: `row{r}`, clamped to the last row of x for loads (rows past `m` store
