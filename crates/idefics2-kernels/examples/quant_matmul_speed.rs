@@ -129,6 +129,10 @@ fn main() {
     for rows in rows_list {
         let x = Tensor::<2>::random([rows, k_in], Distribution::Uniform(-1.0, 1.0), &device);
         let mut line = format!("[{rows} x {k_in}] x [{k_in} x {n_out}]:");
+        let gflops = |ms: f64| 2.0 * (rows * k_in * n_out) as f64 / (ms * 1e-3) / 1e9;
+        // GB/s of a GEMV: the weight's bytes on the device, x and the output.
+        let gemv_gb =
+            |weight_bytes: usize, ms: f64| gb(weight_bytes + 4 * rows * (k_in + n_out), ms);
         // `SPEED_FLOAT_ONLY=1`: our float GEMV alone (comparing its shapes per thread).
         let float_only = std::env::var("SPEED_FLOAT_ONLY").is_ok_and(|v| v == "1");
         match &dense {
@@ -137,8 +141,7 @@ fn main() {
                 let f32_ms = time(&device, || x.clone().matmul(dense[turn()].clone()));
                 line += &format!(" f32 matmul {f32_ms:.2} ms");
                 if rows > GEMV_MAX_ROWS {
-                    let gflops = 2.0 * (rows * k_in * n_out) as f64 / (f32_ms * 1e-3) / 1e9;
-                    line += &format!(" ({gflops:.1} GFLOP/s)");
+                    line += &format!(" ({:.1} GFLOP/s)", gflops(f32_ms));
                 }
                 line += ",";
             }
@@ -147,11 +150,9 @@ fn main() {
         let ms = time(&device, || blocked[turn()].matmul(x.clone()));
         line += &format!(" f32 GEMV kernel {ms:.2} ms");
         if rows <= GEMV_MAX_ROWS {
-            let bytes = blocked[0].device_bytes() + 4 * rows * (k_in + n_out);
-            line += &format!(" ({:.2} GB/s),", gb(bytes, ms));
+            line += &format!(" ({:.2} GB/s),", gemv_gb(blocked[0].device_bytes(), ms));
         } else {
-            let gflops = 2.0 * (rows * k_in * n_out) as f64 / (ms * 1e-3) / 1e9;
-            line += &format!(" ({gflops:.1} GFLOP/s),");
+            line += &format!(" ({:.1} GFLOP/s),", gflops(ms));
         }
         for (format, w) in formats.iter().zip(&uploaded) {
             if float_only {
@@ -161,12 +162,10 @@ fn main() {
             let w = &w[0];
             line += &format!(" {} {ms:.2} ms", format.name());
             if rows <= GEMV_MAX_ROWS {
-                let bytes = w.device_bytes() + 4 * rows * (k_in + n_out);
-                let rate = gb(bytes, ms);
+                let rate = gemv_gb(w.device_bytes(), ms);
                 line += &format!(" ({rate:.2} GB/s, {:.0}% of copy)", 100.0 * rate / copy_gb);
             } else {
-                let gflops = 2.0 * (rows * k_in * n_out) as f64 / (ms * 1e-3) / 1e9;
-                line += &format!(" ({gflops:.1} GFLOP/s)");
+                line += &format!(" ({:.1} GFLOP/s)", gflops(ms));
             }
             line += ";";
         }

@@ -41,7 +41,7 @@ pub use caps::{WgpuCaps, force_plain_loads};
 pub use copy::{CopyBackend, copy_kernel};
 pub use error::QuantError;
 pub use float_gemv::{
-    BlockedFloatWeight, FloatGemvBackend, force_float_gemv, force_float_gemv_shape, uses_float_gemv,
+    BlockedFloatWeight, FloatGemvBackend, force_float_gemv_shape, uses_float_gemv,
 };
 pub use format::QuantFormat;
 pub use quant_matmul::{

@@ -43,6 +43,7 @@ impl FloatGemvBackend for CubeBackend {
             [n_pad / BLOCK_COLS * k_in, BLOCK_COLS],
             "the weight must be [n_pad / 128 * k_in, 128] (transposed in column blocks, padded)"
         );
+        assert!(k_in > 0, "a float GEMV needs at least one input feature");
         let client = x.client.clone();
         let out = CubeTensor::new_contiguous(
             client.clone(),
@@ -51,7 +52,6 @@ impl FloatGemvBackend for CubeBackend {
             client.empty(m * n_out * DType::F32.size()),
             DType::F32,
         );
-        assert!(k_in > 0, "a float GEMV needs at least one input feature");
         if m == 0 {
             return out; // no rows: nothing to launch
         }

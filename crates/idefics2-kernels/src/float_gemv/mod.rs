@@ -11,7 +11,6 @@ use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::caps::{WgpuCaps, is_cpu_adapter};
-use crate::forced::Forced;
 use crate::weight::{BLOCK_COLS, padded_n_out};
 
 /// A float `[n_out, k_in]` weight in the float GEMV's layout: consecutive parts of its output
@@ -117,16 +116,6 @@ fn block_transpose(rows: Tensor<2>) -> Tensor<2> {
         .reshape([n_pad / BLOCK_COLS * k, BLOCK_COLS])
 }
 
-/// Set when tests turn the float GEMV off (burn's matmul, as GPUs run it) or on.
-static FORCED: Forced = Forced::new();
-
-/// Float weights take burn's matmul (`Some(false)`), the float GEMV on any wgpu device that runs
-/// our kernels (`Some(true)`), or the automatic rule (`None`): lets tests on lavapipe cover both.
-#[doc(hidden)]
-pub fn force_float_gemv(on: Option<bool>) {
-    FORCED.set(on.map(|on| if on { 2 } else { 1 }));
-}
-
 /// Whether f32 weights on `device` take the float GEMV: a CPU adapter (lavapipe, SwiftShader)
 /// that runs our WGSL kernels. There burn's tiled matmul pays for its barriers and lane-by-lane
 /// loads; GPUs keep it.
@@ -134,13 +123,8 @@ pub fn uses_float_gemv(device: &Device) -> bool {
     if !WgpuCaps::device_runs_quant_kernels(device) {
         return false;
     }
-    match FORCED.get() {
-        Some(forced) => forced == 2,
-        None => {
-            let DispatchDevice::Cube(cube) = device.as_dispatch() else {
-                return false;
-            };
-            is_cpu_adapter(&cube.client().properties().identity.name)
-        }
-    }
+    let DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return false;
+    };
+    is_cpu_adapter(&cube.client().properties().identity.name)
 }
