@@ -187,7 +187,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             * text.num_key_value_heads()
             * text.head_dim()
             * capacity
-            * dtype.size();
+            * pipeline.model.dtype().size();
         eprintln!(
             "splitting {}: {} prompt tokens, first token after {:.3} s, decode {:.2} tok/s (warm-up {:.1} s)",
             if splitting { "on" } else { "off" },

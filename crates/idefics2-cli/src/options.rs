@@ -42,7 +42,12 @@ pub enum DeviceArg {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeArg {
     F32,
+    /// On a GPU: weights and activations in f16 (needs shader-f16). On the CPU: linear weights
+    /// kept in f16, arithmetic in f32.
     F16,
+    /// The CPU only: linear weights kept in bf16 (as most checkpoints store them), arithmetic in
+    /// f32. WGSL has no bf16.
+    Bf16,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +61,8 @@ pub struct RuntimeArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// Float type of weights and activations (f16 needs a GPU with shader-f16).
+    /// Float type of the weights (and of activations on a GPU): f16 on a GPU needs shader-f16;
+    /// on the CPU, f16 and bf16 keep the linear weights in 16 bits and compute in f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
 }
@@ -78,11 +84,18 @@ impl RuntimeArgs {
         let (choice, why) = self.choice();
         let dtype = match self.dtype {
             DtypeArg::F32 => DType::F32,
-            DtypeArg::F16 if choice == DeviceChoice::Cpu => match why {
-                Some(why) => bail!("--dtype f16 needs a GPU, and --device {why}"),
-                None => bail!("--dtype f16 needs --device gpu"),
-            },
             DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 if choice == DeviceChoice::Gpu => match why {
+                Some(why) => bail!(
+                    "--dtype bf16 runs on the CPU only (WGSL has no bf16; use f16 on a GPU), and \
+                     --device {why}"
+                ),
+                None => bail!(
+                    "--dtype bf16 runs on the CPU only (WGSL has no bf16): use --device cpu, or \
+                     --dtype f16 on a GPU"
+                ),
+            },
+            DtypeArg::Bf16 => DType::BF16,
         };
         Ok((init_device(choice)?, dtype))
     }
@@ -107,7 +120,10 @@ impl RuntimeArgs {
         match (self.choice().0, self.dtype) {
             (DeviceChoice::Gpu, DtypeArg::F32) => "gpu f32",
             (DeviceChoice::Gpu, DtypeArg::F16) => "gpu f16",
-            _ => "cpu f32",
+            (DeviceChoice::Gpu, DtypeArg::Bf16) => "gpu bf16",
+            (_, DtypeArg::F32) => "cpu f32",
+            (_, DtypeArg::F16) => "cpu f16 weights",
+            (_, DtypeArg::Bf16) => "cpu bf16 weights",
         }
     }
 }

@@ -790,9 +790,22 @@ fn auto_device_says_what_it_chose_and_why() {
             "{summary}"
         );
     }
-    let error = fails(&[&args[..], &["--dtype", "f16"]].concat(), &no_driver);
+    // Half precision on the CPU device: the linear weights in 16 bits, the arithmetic in f32.
+    for (dtype, label) in [("f16", "cpu f16 weights"), ("bf16", "cpu bf16 weights")] {
+        let out = idefics2(&[&args[..], &["--dtype", dtype]].concat(), &no_driver);
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{summary}");
+        assert!(
+            summary.contains(&format!("{label} [auto: no GPU adapter found]")),
+            "{summary}"
+        );
+    }
+    let error = fails(
+        &[&args[..], &["--dtype", "bf16", "--device", "gpu"]].concat(),
+        &[],
+    );
     assert!(
-        error.contains("--dtype f16 needs a GPU, and --device auto: no GPU adapter found"),
+        error.contains("--dtype bf16 runs on the CPU only (WGSL has no bf16)"),
         "{error}"
     );
 }

@@ -62,9 +62,10 @@ impl Idefics2 {
         quant: QuantPolicy,
         seed: u64,
     ) -> Result<Self> {
-        Self::check_device(device, dtype)?;
+        let (dtype, half) = Self::storage(device, dtype)?;
         let mut loader = crate::weights::TensorLoader::synthetic(device, dtype, seed)
-            .with_quant(quant, crate::quant::StoredQuant::Float);
+            .with_quant(quant, crate::quant::StoredQuant::Float)
+            .with_half_linears(half);
         let model = Self::build(&config, &mut loader, device, dtype);
         loader.finish()?;
         Ok(model)

@@ -245,6 +245,8 @@ pub struct TensorLoader<'a> {
     done: LoadProgress,
     /// The device's largest storage binding: bigger float matrices are uploaded in row blocks.
     max_binding_bytes: u64,
+    /// On the CPU device: float linear weights are kept in this half dtype (F16 or BF16).
+    half_linears: Option<DType>,
 }
 
 impl<'a> TensorLoader<'a> {
@@ -280,6 +282,7 @@ impl<'a> TensorLoader<'a> {
             quantized_layers: Vec::new(),
             progress: None,
             max_binding_bytes: max_binding_bytes(device),
+            half_linears: None,
             done: LoadProgress {
                 total_tensors: files.map_or(0, |f| f.entries.len()),
                 total_bytes: files.map_or(0, WeightFiles::stored_bytes),
@@ -308,6 +311,36 @@ impl<'a> TensorLoader<'a> {
         self.quant = policy;
         self.stored = stored;
         self
+    }
+
+    /// Keep float linear weights in `half` (F16 or BF16) in host memory (the CPU device), the
+    /// rest in the loader's float type.
+    pub fn with_half_linears(mut self, half: Option<DType>) -> Self {
+        self.half_linears = half;
+        self
+    }
+
+    /// The half dtype float linear weights are kept in, if any.
+    pub fn half_linears(&self) -> Option<DType> {
+        self.half_linears
+    }
+
+    /// The float weight `name` (`[n_out, k_in]`) rounded to [`half_linears`](Self::half_linears)
+    /// in host memory; `None` when it could not be read (in check mode, or with the problem
+    /// recorded).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn half_weight(
+        &mut self,
+        name: &str,
+        n_out: usize,
+        k_in: usize,
+    ) -> Option<idefics2_kernels::cpu_half_matmul::HalfWeight> {
+        use idefics2_kernels::cpu_half_matmul::{HalfDtype, HalfWeight};
+        let dtype = self.half_linears.and_then(HalfDtype::of)?;
+        let values = self.host_values(name, &[n_out, k_in])?;
+        let weight = HalfWeight::from_f32(&values, n_out, k_in, dtype);
+        self.uploaded_bytes += weight.bytes();
+        Some(weight)
     }
 
     /// The linear layers quantized so far: (prefix, n_out, k_in, format).

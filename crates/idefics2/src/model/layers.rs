@@ -7,6 +7,9 @@ use burn::tensor::{DType, Tensor};
 
 use idefics2_kernels::{BlockedFloatWeight, WgpuCaps, quant_matmul, uses_float_gemv};
 
+#[cfg(not(target_family = "wasm"))]
+use idefics2_kernels::cpu_half_matmul::{HalfWeight, cpu_half_matmul};
+
 use crate::config::Activation;
 use crate::profile;
 use crate::quant::QuantizedWeight;
@@ -23,6 +26,9 @@ pub enum LinearWeight {
     /// An f32 weight on a CPU adapter (lavapipe), in the layout of the float GEMV kernel.
     Blocked(BlockedFloatWeight),
     Quantized(QuantizedWeight),
+    /// An f16 or bf16 weight in host memory, for the CPU device.
+    #[cfg(not(target_family = "wasm"))]
+    Half(HalfWeight),
 }
 
 /// `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
@@ -67,6 +73,8 @@ impl Linear {
                 Some(weight) => LinearWeight::Quantized(weight),
                 None => LinearWeight::Float(loader.placeholder()),
             }
+        } else if loader.half_linears().is_some() {
+            Self::half_weight(loader, prefix, out_features, in_features)
         } else {
             Self::float_weight(
                 loader.float_rows(&format!("{prefix}.weight"), [out_features, in_features]),
@@ -78,6 +86,23 @@ impl Linear {
             bias,
             kind: linear_kind(prefix),
         }
+    }
+
+    /// The weight of `prefix` in the loader's half dtype (a placeholder when it cannot be read).
+    fn half_weight(
+        loader: &mut TensorLoader,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+    ) -> LinearWeight {
+        #[cfg(not(target_family = "wasm"))]
+        if let Some(weight) =
+            loader.half_weight(&format!("{prefix}.weight"), out_features, in_features)
+        {
+            return LinearWeight::Half(weight);
+        }
+        let _ = (prefix, out_features, in_features);
+        LinearWeight::Float(loader.placeholder())
     }
 
     /// A float weight: on CPU adapters in f32 the float GEMV's layout, elsewhere one tensor when
@@ -122,6 +147,10 @@ impl Linear {
             LinearWeight::Blocked(weight) => weight.matmul(x.reshape([batch * seq, in_features])),
             LinearWeight::Quantized(weight) => {
                 quant_matmul(x.reshape([batch * seq, in_features]), weight)
+            }
+            #[cfg(not(target_family = "wasm"))]
+            LinearWeight::Half(weight) => {
+                cpu_half_matmul(x.reshape([batch * seq, in_features]), weight)
             }
         };
         let out_features = y.dims()[1];

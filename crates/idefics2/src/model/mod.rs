@@ -48,6 +48,8 @@ pub struct Idefics2 {
     pub weight_bytes: usize,
     device: Device,
     dtype: DType,
+    /// The half dtype linear weights are held in on the CPU device, if not `dtype`.
+    half_linears: Option<DType>,
 }
 
 /// Token ids and padding for a left-padded batch, plus its images.
@@ -224,13 +226,16 @@ impl Idefics2 {
             quant,
             progress,
         } = options;
-        Self::check_device(device, dtype)?;
+        let (dtype, half) = Self::storage(device, dtype)?;
         let (policy, stored) = Self::quant_policy(&config, quant).map_err(Error::QuantConfig)?;
-        let mut check =
-            TensorLoader::new(files, device, dtype, true).with_quant(policy, stored.clone());
+        let mut check = TensorLoader::new(files, device, dtype, true)
+            .with_quant(policy, stored.clone())
+            .with_half_linears(half);
         Self::build(&config, &mut check, device, dtype);
         check.finish()?;
-        let mut loader = TensorLoader::new(files, device, dtype, false).with_quant(policy, stored);
+        let mut loader = TensorLoader::new(files, device, dtype, false)
+            .with_quant(policy, stored)
+            .with_half_linears(half);
         if let Some(progress) = progress {
             loader = loader.with_progress(progress);
         }
@@ -266,10 +271,21 @@ impl Idefics2 {
         Ok((policy, stored))
     }
 
-    pub(crate) fn check_device(device: &Device, dtype: DType) -> Result<()> {
+    /// What asking for `dtype` on `device` means: the float type the model computes in, and the
+    /// half dtype its linear weights stay in, if any. F32, and F16 where the device has it, run
+    /// as themselves on a GPU. On the CPU device F16 and BF16 mean f32 arithmetic over linear
+    /// weights kept in f16 or bf16 in host memory (half the memory of f32; burn's CPU device
+    /// computes in f16 only slowly and not in bf16).
+    pub(crate) fn storage(device: &Device, dtype: DType) -> Result<(DType, Option<DType>)> {
+        #[cfg(not(target_family = "wasm"))]
+        if matches!(dtype, DType::F16 | DType::BF16)
+            && idefics2_kernels::cpu_quant_matmul::is_cpu_device(device)
+        {
+            return Ok((DType::F32, Some(dtype)));
+        }
         if !matches!(dtype, DType::F32 | DType::F16) {
             return Err(Error::Device(format!(
-                "unsupported float type {dtype:?}: use F32 or F16"
+                "unsupported float type {dtype:?}: use F32 or F16 (BF16 on the CPU device only)"
             )));
         }
         if !device.supports_dtype(dtype) {
@@ -277,7 +293,7 @@ impl Idefics2 {
                 "{device:?} does not support {dtype:?}"
             )));
         }
-        Ok(())
+        Ok((dtype, None))
     }
 
     pub(crate) fn build(
@@ -308,6 +324,7 @@ impl Idefics2 {
             weight_bytes: loader.uploaded_bytes(),
             device: device.clone(),
             dtype,
+            half_linears: loader.half_linears(),
         }
     }
 
@@ -315,8 +332,15 @@ impl Idefics2 {
         &self.device
     }
 
+    /// The float type of activations (and of weights, but see [`weight_dtype`](Self::weight_dtype)).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The float type of the float linear weights: [`dtype`](Self::dtype), or F16/BF16 when the
+    /// CPU device keeps them in half precision.
+    pub fn weight_dtype(&self) -> DType {
+        self.half_linears.unwrap_or(self.dtype)
     }
 
     /// Image tokens each image becomes.
