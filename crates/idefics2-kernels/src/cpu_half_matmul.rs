@@ -5,8 +5,9 @@
 //!   f32 a chunk at a time, small enough to stay in the L1 cache, and dotted with every row of `x`;
 //!   rayon spreads blocks of output rows over the cores. Decoding is bound by memory bandwidth, and
 //!   half the bytes of f32 is the point.
-//! - More rows (prefill): the weight is turned into f32 once per call (in parallel) and burn's
-//!   matmul multiplies, as the quantized path does ([`crate::cpu_quant_matmul`]).
+//! - More rows (prefill): the weight is turned into f32 a block of output rows at a time and
+//!   burn's matmul multiplies each block, as the quantized path does
+//!   ([`crate::cpu_widened_matmul`]).
 //!
 //! [`half_matmul_reference`], the same product in plain burn (a tensor of the half dtype cast to
 //! f32), is the oracle the tests compare with.
@@ -15,10 +16,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use rayon::prelude::*;
 
-use crate::cpu_quant_matmul::CPU_GEMV_MAX_ROWS;
-
-/// Output rows of the weight per rayon task.
-const ROWS_PER_TASK: usize = 16;
+use crate::cpu_gemv::{CPU_GEMV_MAX_ROWS, gemv_tasks, host_gemv};
+use crate::cpu_widened_matmul::widened_matmul;
 
 /// Weights turned into f32 at a time: 1 KiB, well inside the L1 cache with `x`'s matching parts.
 const CHUNK: usize = 256;
@@ -120,19 +119,12 @@ impl HalfWeight {
 pub fn cpu_half_matmul(x: Tensor<2>, w: &HalfWeight) -> Tensor<2> {
     let [rows, k_in] = x.dims();
     assert_eq!(k_in, w.k_in, "x has {k_in} features, the weight {}", w.k_in);
-    let device = x.device();
     if rows > CPU_GEMV_MAX_ROWS {
-        let weight =
-            Tensor::<2>::from_data(TensorData::new(w.to_f32(), [w.n_out, w.k_in]), &device);
-        return x.matmul(weight.transpose());
+        return widened_matmul(x, w.n_out, w.k_in, |first, out| {
+            w.dtype.widen(&w.bits[first * w.k_in..][..out.len()], out)
+        });
     }
-    let values = x
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("converted to f32 just above");
-    let out = half_gemv(&values, rows, w);
-    Tensor::from_data(TensorData::new(out, [rows, w.n_out]), &device)
+    host_gemv(x, w.n_out, |x, rows| half_gemv(x, rows, w))
 }
 
 /// The same product in plain burn: the weight as a tensor of its half dtype on `device`, cast to
@@ -154,30 +146,9 @@ pub fn half_matmul_reference(x: Tensor<2>, w: &HalfWeight, device: &Device) -> T
 
 /// `x [rows, k_in] @ W^T -> [rows, n_out]` on the host, `rows` up to [`CPU_GEMV_MAX_ROWS`].
 pub fn half_gemv(x: &[f32], rows: usize, w: &HalfWeight) -> Vec<f32> {
-    assert!(
-        rows <= CPU_GEMV_MAX_ROWS,
-        "at most {CPU_GEMV_MAX_ROWS} rows, got {rows}"
-    );
-    assert_eq!(
-        x.len(),
-        rows * w.k_in,
-        "x holds {} values, not {rows} x {}",
-        x.len(),
-        w.k_in
-    );
-    // Per task: its output rows, each with its `rows` results ([n_out, rows] overall).
-    let mut out_t = vec![0f32; w.n_out * rows];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
-        .enumerate()
-        .for_each(|(task, out)| gemv_task(w, x, rows, task * ROWS_PER_TASK, out));
-    let mut out = vec![0f32; out_t.len()];
-    for n in 0..w.n_out {
-        for m in 0..rows {
-            out[m * w.n_out + n] = out_t[n * rows + m];
-        }
-    }
-    out
+    gemv_tasks(x, rows, w.n_out, w.k_in, |first, out| {
+        gemv_task(w, x, rows, first, out)
+    })
 }
 
 /// Runs one task compiled for AVX2 where the CPU has it, else for the baseline.

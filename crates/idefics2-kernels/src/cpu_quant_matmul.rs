@@ -5,8 +5,9 @@
 //! - up to [`CPU_GEMV_MAX_ROWS`] rows (decode): each output row's codes are read once, a group at
 //!   a time, turned into `q - zero` and dotted with every row of `x`, then scaled; rayon spreads
 //!   blocks of output rows over the cores;
-//! - more rows (prefill): the weight is dequantized into f32 (in parallel, one pass) and burn's
-//!   matmul (the `gemm` crate on the CPU device) multiplies, since the work is then compute-bound.
+//! - more rows (prefill): the weight is dequantized into f32 a block of output rows at a time and
+//!   burn's matmul (the `gemm` crate on the CPU device) multiplies each block, since the work is
+//!   then compute-bound ([`crate::cpu_widened_matmul`]).
 //!
 //! The loops are plain Rust that the compiler vectorizes; on x86-64 they are also compiled for
 //! AVX2 (8 lanes, variable shifts for the nibbles) and that copy runs where the CPU has it (the
@@ -14,18 +15,15 @@
 //! compare with.
 
 use burn::backend::DispatchDevice;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_widened_matmul::widened_matmul;
 use crate::format::QuantFormat;
 use crate::quantize::PackedWeight;
 
-/// Rows of `x` up to which the codes are read directly; above, the weight is dequantized once and
-/// multiplied by burn's matmul.
-pub const CPU_GEMV_MAX_ROWS: usize = 8;
-
-/// Output rows of the weight per rayon task.
-const ROWS_PER_TASK: usize = 16;
+pub use crate::cpu_gemv::CPU_GEMV_MAX_ROWS;
+use crate::cpu_gemv::{ROWS_PER_TASK, gemv_tasks, host_gemv};
 
 /// Whether `device` is burn's CPU device (Flex), whose quantized weights live in host memory.
 pub fn is_cpu_device(device: &Device) -> bool {
@@ -36,21 +34,12 @@ pub fn is_cpu_device(device: &Device) -> bool {
 pub fn cpu_quant_matmul(x: Tensor<2>, w: &PackedWeight) -> Tensor<2> {
     let [rows, k_in] = x.dims();
     assert_eq!(k_in, w.k_in, "x has {k_in} features, the weight {}", w.k_in);
-    let device = x.device();
     if rows > CPU_GEMV_MAX_ROWS {
-        let weight = Tensor::<2>::from_data(
-            TensorData::new(dequantize_parallel(w), [w.n_out, w.k_in]),
-            &device,
-        );
-        return x.matmul(weight.transpose());
+        return widened_matmul(x, w.n_out, w.k_in, |first, out| {
+            dequantize_rows(w, first, out)
+        });
     }
-    let values = x
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("converted to f32 just above");
-    let out = quant_gemv(&values, rows, w);
-    Tensor::from_data(TensorData::new(out, [rows, w.n_out]), &device)
+    host_gemv(x, w.n_out, |x, rows| quant_gemv(x, rows, w))
 }
 
 /// `x [rows, k_in] @ W^T -> [rows, n_out]` on the host, reading the codes directly: q4 in 16-bit
@@ -75,37 +64,14 @@ pub fn quant_gemv_i16(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
         rows <= CPU_GEMV_MAX_ROWS,
         "at most {CPU_GEMV_MAX_ROWS} rows, got {rows}"
     );
-    assert_eq!(
-        x.len(),
-        rows * w.k_in,
-        "x holds {} values, not {rows} x {}",
-        x.len(),
-        w.k_in
-    );
     let xq = QuantizedRows::new(x, rows, w);
-    let mut out_t = vec![0f32; w.n_out * rows];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
-        .enumerate()
-        .for_each(|(task, out)| {
-            // SAFETY: `applies` checked AVX2 and FMA above.
-            #[allow(unsafe_code)]
-            unsafe {
-                gemv_rows(w, &xq, rows, task * ROWS_PER_TASK, out)
-            }
-        });
-    transpose(&out_t, w.n_out, rows)
-}
-
-/// `[n, m]` -> `[m, n]`.
-fn transpose(values: &[f32], n: usize, m: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for i in 0..n {
-        for j in 0..m {
-            out[j * n + i] = values[i * m + j];
+    gemv_tasks(x, rows, w.n_out, w.k_in, |first, out| {
+        // SAFETY: `applies` checked AVX2 and FMA above.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemv_rows(w, &xq, rows, first, out)
         }
-    }
-    out
+    })
 }
 
 /// [`quant_gemv`] in f32: every code turned into a float and multiplied.
@@ -139,50 +105,47 @@ pub fn quant_gemv_f32(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
             }
         }
     }
-    // Per task: its output rows, each with its `rows` results ([n_out, rows] overall).
-    let mut out_t = vec![0f32; w.n_out * rows];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * rows.max(1))
-        .enumerate()
-        .for_each(|(task, out)| {
-            gemv_task(GemvTask {
-                w,
-                xp: &xp,
-                xsum: pairs.then_some(&xsum[..]),
-                rows,
-                first: task * ROWS_PER_TASK,
-                out,
-            })
-        });
-    transpose(&out_t, w.n_out, rows)
+    gemv_tasks(x, rows, w.n_out, k_in, |first, out| {
+        gemv_task(GemvTask {
+            w,
+            xp: &xp,
+            xsum: pairs.then_some(&xsum[..]),
+            rows,
+            first,
+            out,
+        })
+    })
 }
 
 /// The f32 weight `[n_out, k_in]`, dequantized by rayon tasks of [`ROWS_PER_TASK`] rows.
 pub fn dequantize_parallel(w: &PackedWeight) -> Vec<f32> {
+    let mut out = vec![0f32; w.n_out * w.k_in];
+    out.par_chunks_mut(ROWS_PER_TASK * w.k_in)
+        .enumerate()
+        .for_each(|(task, out)| dequantize_rows(w, task * ROWS_PER_TASK, out));
+    out
+}
+
+/// Rows `first..first + out.len() / k_in` of the weight in f32, into `out`.
+pub fn dequantize_rows(w: &PackedWeight, first: usize, out: &mut [f32]) {
     let (k_in, group, groups) = (w.k_in, w.format.group(), w.groups_per_row());
     let words_per_group = group / w.format.values_per_word();
-    let mut out = vec![0f32; w.n_out * k_in];
-    out.par_chunks_mut(ROWS_PER_TASK * k_in)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let mut values = vec![0f32; group];
-            for (i, row_out) in out.chunks_mut(k_in).enumerate() {
-                let n = task * ROWS_PER_TASK + i;
-                let words = &w.words[n * w.words_per_row()..(n + 1) * w.words_per_row()];
-                for g in 0..groups {
-                    let zero = w.zeros.get(n * groups + g).map_or(0.0, |&z| f32::from(z));
-                    let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
-                    decode_group(w.format, group_words, zero, &mut values);
-                    let scale = w.scales[n * groups + g];
-                    let start = g * group;
-                    let end = (start + group).min(k_in);
-                    for (o, v) in row_out[start..end].iter_mut().zip(&values) {
-                        *o = v * scale;
-                    }
-                }
+    let mut values = vec![0f32; group];
+    for (i, row_out) in out.chunks_mut(k_in).enumerate() {
+        let n = first + i;
+        let words = &w.words[n * w.words_per_row()..(n + 1) * w.words_per_row()];
+        for g in 0..groups {
+            let zero = w.zeros.get(n * groups + g).map_or(0.0, |&z| f32::from(z));
+            let group_words = &words[g * words_per_group..(g + 1) * words_per_group];
+            decode_group(w.format, group_words, zero, &mut values);
+            let scale = w.scales[n * groups + g];
+            let start = g * group;
+            let end = (start + group).min(k_in);
+            for (o, v) in row_out[start..end].iter_mut().zip(&values) {
+                *o = v * scale;
             }
-        });
-    out
+        }
+    }
 }
 
 /// Runs `task` compiled for AVX2 where the CPU has it, else for the baseline.

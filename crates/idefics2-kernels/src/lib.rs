@@ -18,11 +18,15 @@ mod caps;
 mod copy;
 // Native only: the browser build has no CPU device (and no rayon).
 #[cfg(not(target_family = "wasm"))]
+mod cpu_gemv;
+#[cfg(not(target_family = "wasm"))]
 pub mod cpu_half_matmul;
 #[cfg(target_arch = "x86_64")]
 pub mod cpu_q4_i16;
 #[cfg(not(target_family = "wasm"))]
 pub mod cpu_quant_matmul;
+#[cfg(not(target_family = "wasm"))]
+pub mod cpu_widened_matmul;
 mod error;
 pub mod figures;
 mod float_gemv;
