@@ -5,17 +5,10 @@
 mod common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::{Rng, matmul_f64, relative_error};
+use common::{Rng, matmul_f64, relative_error, to_vec};
 use idefics2_kernels::cpu_half_matmul::{
     HalfDtype, HalfWeight, cpu_half_matmul, half_gemv, half_matmul_reference,
 };
-
-fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
-}
 
 #[test]
 fn half_matmul_matches_the_plain_burn_reference_on_odd_shapes() {

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::{Rng, matmul_f64, relative_error};
+use common::{Rng, matmul_f64, relative_error, to_vec};
 use idefics2_kernels::{
     BlockedFloatWeight, QuantFormat, WgpuCaps, copy_kernel, force_f32_scales,
     force_gemv_quads_per_thread, force_gemv_splits, force_plain_loads, force_tiled_gemm,
@@ -23,13 +23,6 @@ const N_OUT: [usize; 3] = [5, 96, 130];
 
 /// Largest tolerated `max |kernel - reference| / max |reference|`.
 const TOLERANCE: f64 = 1e-4;
-
-fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
-}
 
 #[test]
 fn quant_matmul_kernels_match_the_reference() {

@@ -2,6 +2,14 @@
 
 #![allow(dead_code)]
 
+/// A 2-D tensor's values as f32 on the host.
+pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+}
+
 /// xorshift64*: deterministic, dependency-free random numbers.
 pub struct Rng(u64);
 
