@@ -33,11 +33,14 @@ impl ModelSource {
     }
 }
 
-/// Precision of the float weights and activations.
+/// Precision of the float weights (and of activations on a GPU; on the CPU, f16 and bf16 keep
+/// the linear weights in 16 bits and compute in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     F32,
     F16,
+    /// The CPU only: WGSL has no bf16.
+    Bf16,
 }
 
 impl Precision {
@@ -45,6 +48,7 @@ impl Precision {
         match self {
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
         }
     }
 }
@@ -183,7 +187,7 @@ impl Engine {
             * text.num_hidden_layers
             * text.num_key_value_heads()
             * text.head_dim()
-            * request.precision.dtype().size();
+            * pipeline.model.dtype().size();
         let info = ModelInfo {
             label,
             device_label: request.device_label,

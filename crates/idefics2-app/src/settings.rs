@@ -152,6 +152,17 @@ impl Settings {
             ui.label("precision");
             ui.radio_value(&mut self.precision, Precision::F32, "f32");
             ui.radio_value(&mut self.precision, Precision::F16, "f16");
+            #[cfg(not(target_family = "wasm"))]
+            {
+                let cpu = self.device == DeviceKind::Cpu;
+                ui.add_enabled_ui(cpu, |ui| {
+                    ui.radio_value(&mut self.precision, Precision::Bf16, "bf16")
+                        .on_disabled_hover_text("bf16 runs on the CPU only (WGSL has no bf16)");
+                });
+                if !cpu && self.precision == Precision::Bf16 {
+                    self.precision = Precision::F32;
+                }
+            }
         });
         ui.horizontal(|ui| {
             ui.label("quantization");
@@ -175,5 +186,26 @@ mod tests {
         assert_eq!(settings.image_tokens(2, 64), 128);
         settings.do_image_splitting = true;
         assert_eq!(settings.image_tokens(2, 64), 640);
+    }
+
+    /// bf16 is offered on the CPU only; switching to the GPU falls back to f32.
+    #[test]
+    fn bf16_stays_on_the_cpu() {
+        let ctx = egui::Context::default();
+        let mut settings = Settings {
+            device: DeviceKind::Cpu,
+            precision: Precision::Bf16,
+            ..Settings::default()
+        };
+        let show = |settings: &mut Settings| {
+            let _ = ctx.run_ui(egui::RawInput::default(), |ui| {
+                settings.ui(ui, None, false);
+            });
+        };
+        show(&mut settings);
+        assert_eq!(settings.precision, Precision::Bf16);
+        settings.device = DeviceKind::Gpu;
+        show(&mut settings);
+        assert_eq!(settings.precision, Precision::F32);
     }
 }
