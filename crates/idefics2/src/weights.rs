@@ -337,8 +337,28 @@ impl<'a> TensorLoader<'a> {
     ) -> Option<idefics2_kernels::cpu_half_matmul::HalfWeight> {
         use idefics2_kernels::cpu_half_matmul::{HalfDtype, HalfWeight};
         let dtype = self.half_linears.and_then(HalfDtype::of)?;
-        let values = self.host_values(name, &[n_out, k_in])?;
-        let weight = HalfWeight::from_f32(&values, n_out, k_in, dtype);
+        let stored = match dtype {
+            HalfDtype::F16 => StDtype::F16,
+            HalfDtype::Bf16 => StDtype::BF16,
+        };
+        let weight = if self.files.and_then(|f| f.dtype(name)) == Some(stored) {
+            // Stored in the dtype asked for: the bits as they are, no f32 copy.
+            let (files, entry) = self.entry(name, &[n_out, k_in], &[stored], "")?;
+            let bytes = &files.maps[entry.file].1[entry.start..entry.end];
+            let bits = bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            HalfWeight {
+                dtype,
+                n_out,
+                k_in,
+                bits,
+            }
+        } else {
+            let values = self.host_values(name, &[n_out, k_in])?;
+            HalfWeight::from_f32(&values, n_out, k_in, dtype)
+        };
         self.uploaded_bytes += weight.bytes();
         Some(weight)
     }
