@@ -16,14 +16,13 @@
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu_widened_matmul::widened_matmul;
 use crate::format::QuantFormat;
 use crate::quantize::PackedWeight;
 
 pub use crate::cpu_gemv::CPU_GEMV_MAX_ROWS;
-use crate::cpu_gemv::{ROWS_PER_TASK, gemv_tasks, host_gemv};
+use crate::cpu_gemv::{gemv_tasks, host_gemv};
 
 /// Whether `device` is burn's CPU device (Flex), whose quantized weights live in host memory.
 pub fn is_cpu_device(device: &Device) -> bool {
@@ -115,15 +114,6 @@ pub fn quant_gemv_f32(x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
             out,
         })
     })
-}
-
-/// The f32 weight `[n_out, k_in]`, dequantized by rayon tasks of [`ROWS_PER_TASK`] rows.
-pub fn dequantize_parallel(w: &PackedWeight) -> Vec<f32> {
-    let mut out = vec![0f32; w.n_out * w.k_in];
-    out.par_chunks_mut(ROWS_PER_TASK * w.k_in)
-        .enumerate()
-        .for_each(|(task, out)| dequantize_rows(w, task * ROWS_PER_TASK, out));
-    out
 }
 
 /// Rows `first..first + out.len() / k_in` of the weight in f32, into `out`.
@@ -366,7 +356,14 @@ mod tests {
             for (n_out, k_in) in [(1, 1), (17, 45), (40, 300), (33, 128)] {
                 let weight: Vec<f32> = (0..n_out * k_in).map(|_| next()).collect();
                 let w = quantize(&weight, n_out, k_in, format).expect("valid");
-                assert_eq!(dequantize_parallel(&w), w.dequantize(), "{format:?}");
+                // Whole, and from a row on (as the prefill's blocks ask for it).
+                let whole = w.dequantize();
+                let mut rows_out = vec![0f32; n_out * k_in];
+                dequantize_rows(&w, 0, &mut rows_out);
+                assert_eq!(rows_out, whole, "{format:?}");
+                let first = n_out / 2;
+                dequantize_rows(&w, first, &mut rows_out[first * k_in..]);
+                assert_eq!(rows_out, whole, "{format:?} from row {first}");
                 for rows in [1, 3, CPU_GEMV_MAX_ROWS] {
                     let x: Vec<f32> = (0..rows * k_in).map(|_| next()).collect();
                     let expected = naive(&x, rows, &w);

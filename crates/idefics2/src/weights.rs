@@ -343,8 +343,7 @@ impl<'a> TensorLoader<'a> {
         };
         let weight = if self.files.and_then(|f| f.dtype(name)) == Some(stored) {
             // Stored in the dtype asked for: the bits as they are, no f32 copy.
-            let (files, entry) = self.entry(name, &[n_out, k_in], &[stored], "")?;
-            let bytes = &files.maps[entry.file].1[entry.start..entry.end];
+            let (_, bytes) = self.entry(name, &[n_out, k_in], &[stored], "")?;
             let bits = bytes
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -542,15 +541,15 @@ impl<'a> TensorLoader<'a> {
     }
 
     /// Looks `name` up and checks its shape and stored dtype (one of `dtypes`, else an error
-    /// whose dtype text ends with `expected`), recording what is wrong; `None` when it cannot be
-    /// read (or in check mode).
+    /// whose dtype text ends with `expected`), recording what is wrong; its stored dtype and
+    /// bytes, or `None` when it cannot be read (or in check mode).
     fn entry(
         &mut self,
         name: &str,
         shape: &[usize],
         dtypes: &[StDtype],
         expected: &str,
-    ) -> Option<(&'a WeightFiles, &'a Entry)> {
+    ) -> Option<(StDtype, &'a [u8])> {
         self.used.insert(name.to_string());
         let files = self.files?;
         let Some(entry) = files.entries.get(name) else {
@@ -582,7 +581,10 @@ impl<'a> TensorLoader<'a> {
             self.failure = Some(Error::Cancelled);
             return None;
         }
-        Some((files, entry))
+        Some((
+            entry.dtype,
+            &files.maps[entry.file].1[entry.start..entry.end],
+        ))
     }
 
     /// A float tensor as f32 values on the host (synthetic ones are made here).
@@ -604,9 +606,8 @@ impl<'a> TensorLoader<'a> {
             self.used.insert(name.to_string());
             return Some(synthetic_values(name, shape.iter().product(), self.seed));
         }
-        let (files, entry) = self.entry(name, shape, dtypes, expected)?;
-        let bytes = &files.maps[entry.file].1[entry.start..entry.end];
-        match decode_f32(name, entry.dtype, bytes) {
+        let (dtype, bytes) = self.entry(name, shape, dtypes, expected)?;
+        match decode_f32(name, dtype, bytes) {
             Ok(values) => Some(values),
             Err(e) => {
                 self.failure = Some(e);
@@ -630,13 +631,12 @@ impl<'a> TensorLoader<'a> {
 
     /// Packed words (stored as I32 or U32) on the host.
     fn host_words(&mut self, name: &str, shape: &[usize]) -> Option<Vec<u32>> {
-        let (files, entry) = self.entry(
+        let (_, bytes) = self.entry(
             name,
             shape,
             &[StDtype::I32, StDtype::U32],
             " (packed words must be I32 or U32)",
         )?;
-        let bytes = &files.maps[entry.file].1[entry.start..entry.end];
         Some(
             bytes
                 .chunks_exact(4)
